@@ -1,0 +1,330 @@
+"""The policy file: the one YAML operators edit, as typed, validated pydantic models.
+
+Every model forbids unknown keys, so a typo is an error rather than a silently ignored setting. Loading from a
+file (with file:line:column in every error) lives in `autoscaler.policyfile`; this module is only the shape.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+from autoscaler.model import Market
+
+CLOUDS = ("simulated", "aws", "gcp", "azure")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+NonNegFloat = Annotated[float, Field(ge=0)]
+
+
+# ---------------------------------------------------------------- daemon
+
+
+class AdminSettings(Strict):
+    listen: str = Field("127.0.0.1:8321", description="HOST:PORT the admin API listens on")
+    token_env: str = Field(
+        "GPU_AUTOSCALER_TOKEN", description="environment variable holding the bearer token for mutating calls"
+    )
+    token_file: Path | None = Field(None, description="file holding the token; read when token_env is unset")
+
+    @model_validator(mode="after")
+    def _listen_has_port(self) -> AdminSettings:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"listen must be HOST:PORT, got {self.listen!r}")
+        return self
+
+
+class Limits(Strict):
+    """Hard limits across all pools: placement never plans past them."""
+
+    max_instances: PositiveInt = 100
+    max_gpus: PositiveInt = 800
+    max_usd_per_hour: PositiveFloat = 1000.0
+
+
+class DaemonSettings(Strict):
+    id: str = Field(
+        "default",
+        pattern=r"^[a-z0-9][a-z0-9-]{0,40}$",
+        description="this daemon's name; every instance it launches is tagged with it",
+    )
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in the state directory")
+    tick_seconds: PositiveFloat = 15.0
+    max_parallel_cloud_calls: PositiveInt = 8
+    fallback_rounds: PositiveInt = Field(
+        3, description="within one tick, how many times to re-place after capacity errors"
+    )
+    launch_retry_seconds: PositiveFloat = Field(
+        60.0, description="how long a requested launch may stay unseen before it is retried with its token"
+    )
+    admin: AdminSettings = AdminSettings()
+    limits: Limits = Limits()
+
+
+# ---------------------------------------------------------------- clouds
+
+
+class CloudBase(Strict):
+    enabled: bool = True
+    regions: dict[str, list[str]] = Field(
+        default_factory=dict, description="region -> zones to use (empty list: every zone of the region)"
+    )
+
+
+class SimInstanceType(Strict):
+    gpus: PositiveInt
+    on_demand_usd_per_hour: PositiveFloat
+    spot_usd_per_hour: PositiveFloat | None = None
+
+
+class SimCapacity(Strict):
+    """How many instances of an offering the simulated cloud will hand out (0 = out of capacity)."""
+
+    instance_type: str
+    market: Market | None = None
+    zone: str | None = None
+    available: Annotated[int, Field(ge=0)]
+
+
+class SimFault(Strict):
+    """An injected error: the next `times` launches matching this raise `error`."""
+
+    instance_type: str | None = None
+    zone: str | None = None
+    market: Market | None = None
+    error: Literal["capacity", "quota", "transient", "auth", "config"]
+    times: PositiveInt = 1
+
+
+class SimulatedCloud(CloudBase):
+    regions: dict[str, list[str]] = Field(
+        default_factory=lambda: {"sim-east": ["sim-east-a", "sim-east-b"]},
+        description="region -> zones of the simulated cloud",
+    )
+    boot_seconds: NonNegFloat = Field(20.0, description="pending -> running delay of every simulated instance")
+    instance_types: dict[str, SimInstanceType] = Field(
+        default_factory=lambda: {
+            "sim.h100x8": SimInstanceType(gpus=8, on_demand_usd_per_hour=98.32, spot_usd_per_hour=39.33),
+            "sim.a100x8": SimInstanceType(gpus=8, on_demand_usd_per_hour=32.77, spot_usd_per_hour=13.11),
+            "sim.l4x1": SimInstanceType(gpus=1, on_demand_usd_per_hour=0.80, spot_usd_per_hour=0.32),
+        }
+    )
+    capacity: list[SimCapacity] = Field(default_factory=list)
+    faults: list[SimFault] = Field(default_factory=list)
+    preempt_spot_after_seconds: PositiveFloat | None = Field(
+        None, description="every spot instance is preempted this long after it starts (None: never)"
+    )
+
+
+class AwsCloud(CloudBase):
+    profile: str | None = None
+    role_arn: str | None = None
+    endpoint_url: str | None = None
+
+
+class GcpCloud(CloudBase):
+    project: str = ""
+    credentials_file: Path | None = None
+    endpoint: str | None = None
+
+
+class AzureCloud(CloudBase):
+    subscription_id: str = ""
+    resource_group: str = ""
+    endpoint: str | None = None
+
+
+class Clouds(Strict):
+    simulated: SimulatedCloud | None = None
+    aws: AwsCloud | None = None
+    gcp: GcpCloud | None = None
+    azure: AzureCloud | None = None
+
+    def enabled(self) -> dict[str, CloudBase]:
+        out: dict[str, CloudBase] = {}
+        for name in CLOUDS:
+            cloud = getattr(self, name)
+            if cloud is not None and cloud.enabled:
+                out[name] = cloud
+        return out
+
+
+# ---------------------------------------------------------------- metric sources
+
+
+class SourceBase(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: Literal["queue", "latency"] = "queue"
+    timeout_seconds: PositiveFloat = 5.0
+
+
+class Burst(Strict):
+    after_seconds: NonNegFloat = Field(description="seconds after the daemon starts")
+    duration_seconds: PositiveFloat
+    value: float = Field(description="added to the curve during the burst")
+
+
+class SyntheticSource(SourceBase):
+    type: Literal["synthetic"]
+    base: NonNegFloat = 0.0
+    amplitude: NonNegFloat = 0.0
+    period_seconds: PositiveFloat = 3600.0
+    bursts: list[Burst] = Field(default_factory=list)
+
+
+class PrometheusSource(SourceBase):
+    type: Literal["prometheus"]
+    url: str = Field(description="base URL of the Prometheus server, e.g. http://127.0.0.1:9090")
+    query: str = Field(description="instant PromQL query returning one scalar or one-element vector")
+    bearer_token_env: str | None = None
+    verify_tls: bool = True
+
+
+class HttpSource(SourceBase):
+    type: Literal["http"]
+    url: str
+    field: str = Field(description="dotted path to the number in the JSON answer, e.g. data.queue.depth")
+    headers: dict[str, str] = Field(default_factory=dict)
+    verify_tls: bool = True
+
+
+MetricSourceConfig = Annotated[SyntheticSource | PrometheusSource | HttpSource, Field(discriminator="type")]
+
+
+# ---------------------------------------------------------------- pools
+
+
+class Targets(Strict):
+    queue_per_unit: PositiveFloat | None = Field(
+        None, description="queue items one capacity unit should hold at most"
+    )
+    latency_slo_seconds: PositiveFloat | None = Field(None, description="latency the pool must stay under")
+
+
+class Scaling(Strict):
+    scale_up_window_seconds: NonNegFloat = Field(
+        0.0, description="scale up to the lowest recommendation of this window"
+    )
+    scale_down_window_seconds: NonNegFloat = Field(
+        300.0, description="scale down to the highest recommendation of this window"
+    )
+    panic_threshold: float = Field(
+        2.0, gt=1.0, description="a need this many times the live capacity is a burst: scale at once"
+    )
+    panic_window_seconds: NonNegFloat = Field(60.0, description="no scale-down for this long after a burst")
+    max_metric_age_seconds: PositiveFloat = Field(
+        120.0, description="older samples make the pool hold its capacity"
+    )
+
+
+class HealthCheck(Strict):
+    type: Literal["none", "http"] = "none"
+    port: Annotated[int, Field(gt=0, lt=65536)] = 8000
+    path: str = "/health"
+    timeout_seconds: PositiveFloat = 2.0
+    unhealthy_after: PositiveInt = Field(
+        3, description="consecutive failures before a ready instance is unhealthy"
+    )
+
+
+class LaunchTemplateConfig(Strict):
+    image: str = ""
+    user_data: str = ""
+    disk_gb: PositiveInt | None = None
+    network: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+    extra: dict[str, str | int | float | bool | list[str]] = Field(
+        default_factory=dict, description="cloud-specific settings the provider documents"
+    )
+
+
+class Candidate(Strict):
+    cloud: Literal["simulated", "aws", "gcp", "azure"]
+    instance_type: str
+    market: Market
+    throughput: PositiveFloat = Field(description="capacity units one instance supplies")
+    regions: list[str] | None = None
+    zones: list[str] | None = None
+
+
+class Pool(Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,40}$")
+    min_capacity: NonNegFloat = 0.0
+    max_capacity: PositiveFloat
+    metrics: list[MetricSourceConfig] = Field(default_factory=list)
+    targets: Targets = Targets()
+    scaling: Scaling = Scaling()
+    boot_timeout_seconds: PositiveFloat = 900.0
+    drain_seconds: NonNegFloat = 60.0
+    health_check: HealthCheck = HealthCheck()
+    launch_templates: dict[Literal["simulated", "aws", "gcp", "azure"], LaunchTemplateConfig] = Field(
+        default_factory=dict
+    )
+    candidates: list[Candidate] = Field(min_length=1, description="ranked: the first is preferred")
+
+
+class Policy(Strict):
+    daemon: DaemonSettings = DaemonSettings()
+    clouds: Clouds = Clouds(simulated=SimulatedCloud())
+    pools: list[Pool] = Field(default_factory=list)
+
+    def pool(self, name: str) -> Pool | None:
+        return next((p for p in self.pools if p.name == name), None)
+
+
+def semantic_errors(policy: Policy) -> list[tuple[tuple[str | int, ...], str]]:
+    """Checks that span fields, as (path, message) pairs so the loader can point at the line."""
+    errors: list[tuple[tuple[str | int, ...], str]] = []
+    enabled = policy.clouds.enabled()
+    seen: set[str] = set()
+    for i, pool in enumerate(policy.pools):
+        if pool.name in seen:
+            errors.append((("pools", i, "name"), f"duplicate pool name {pool.name!r}"))
+        seen.add(pool.name)
+        if pool.min_capacity > pool.max_capacity:
+            errors.append(
+                (
+                    ("pools", i, "min_capacity"),
+                    f"min_capacity {pool.min_capacity} > max_capacity {pool.max_capacity}",
+                )
+            )
+        if pool.metrics and pool.targets.queue_per_unit is None and pool.targets.latency_slo_seconds is None:
+            errors.append(
+                (("pools", i, "targets"), "metrics are set but no target (queue_per_unit or latency_slo)")
+            )
+        names = [m.name for m in pool.metrics]
+        for j, m in enumerate(pool.metrics):
+            if names.count(m.name) > 1:
+                errors.append((("pools", i, "metrics", j, "name"), f"duplicate metric source name {m.name!r}"))
+            if m.kind == "queue" and pool.targets.queue_per_unit is None:
+                errors.append((("pools", i, "metrics", j, "kind"), "a queue source needs targets.queue_per_unit"))
+            if m.kind == "latency" and pool.targets.latency_slo_seconds is None:
+                errors.append(
+                    (("pools", i, "metrics", j, "kind"), "a latency source needs targets.latency_slo_seconds")
+                )
+        for j, cand in enumerate(pool.candidates):
+            where = ("pools", i, "candidates", j)
+            cloud = enabled.get(cand.cloud)
+            if cloud is None:
+                errors.append(((*where, "cloud"), f"cloud {cand.cloud!r} is not enabled under clouds:"))
+                continue
+            known_regions = set(cloud.regions)
+            for r in cand.regions or []:
+                if known_regions and r not in known_regions:
+                    errors.append(((*where, "regions"), f"region {r!r} is not configured for {cand.cloud}"))
+            known_zones = {z for zs in cloud.regions.values() for z in zs}
+            for z in cand.zones or []:
+                if known_zones and z not in known_zones:
+                    errors.append(((*where, "zones"), f"zone {z!r} is not configured for {cand.cloud}"))
+            if isinstance(cloud, SimulatedCloud) and cand.instance_type not in cloud.instance_types:
+                errors.append(
+                    ((*where, "instance_type"), f"{cand.instance_type!r} is not a simulated instance type")
+                )
+    return errors

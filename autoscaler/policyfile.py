@@ -1,0 +1,188 @@
+"""Load a policy file, turning every error into one line with file:line:column and the field's path.
+
+PyYAML's composer keeps a mark (line, column) on every node; we build plain data from the node tree while
+remembering each path's mark, so a pydantic error location like ('pools', 0, 'candidates', 1, 'throughput')
+can be pointed back at the exact place in the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from autoscaler.config import Policy, semantic_errors
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class PolicyIssue:
+    file: str
+    line: int
+    column: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        return f"{self.file}:{self.line}:{self.column}: {where}{self.message}"
+
+
+class PolicyError(Exception):
+    """A policy file that cannot be used; `issues` holds one line per problem."""
+
+    def __init__(self, issues: list[PolicyIssue]) -> None:
+        super().__init__("\n".join(str(i) for i in issues))
+        self.issues = issues
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    policy: Policy
+    source: str  # the file name, or "<built-in>"
+    text: str
+    sha256: str
+
+
+def format_loc(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class _Builder:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.marks: dict[Loc, tuple[int, int]] = {}
+        self.issues: list[PolicyIssue] = []
+
+    def build(self, node: yaml.Node, loc: Loc) -> Any:
+        self.marks[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = _scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else None
+                if not isinstance(key, str | int | float | bool):
+                    self._issue(key_node, loc, "mapping keys must be plain scalars")
+                    continue
+                skey = str(key)
+                if skey in out:
+                    self._issue(key_node, (*loc, skey), f"duplicate key {skey!r}")
+                out[skey] = self.build(value_node, (*loc, skey))
+                # a key's mark is more useful than its value's for "unknown key" errors
+                self.marks[(*loc, skey, "__key__")] = (
+                    key_node.start_mark.line + 1,
+                    key_node.start_mark.column + 1,
+                )
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*loc, i)) for i, item in enumerate(node.value)]
+        return _scalar(node)
+
+    def _issue(self, node: yaml.Node, loc: Loc, message: str) -> None:
+        self.issues.append(
+            PolicyIssue(self.name, node.start_mark.line + 1, node.start_mark.column + 1, format_loc(loc), message)
+        )
+
+    def mark_for(self, loc: Loc) -> tuple[int, int]:
+        """The best mark for a pydantic location: its key if present, else the closest enclosing node.
+
+        Parts of `loc` that are not in the data (a discriminated union's tag) are skipped."""
+        data_loc: Loc = ()
+        best = self.marks.get((), (1, 1))
+        for part in loc:
+            candidate = (*data_loc, part)
+            if candidate in self.marks:
+                data_loc = candidate
+                best = self.marks.get((*candidate, "__key__"), self.marks[candidate])
+        return best
+
+
+def _scalar(node: yaml.Node) -> Any:
+    """Resolve one scalar node the way yaml.safe_load would (ints, floats, bools, nulls, strings)."""
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_object(node, deep=True)
+    finally:
+        loader.dispose()
+
+
+def parse_policy(text: str, name: str) -> LoadedPolicy:
+    """Parse and validate policy text; raise PolicyError with every problem found."""
+    builder = _Builder(name)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise PolicyError([PolicyIssue(name, line, col, "", f"invalid YAML: {problem}")]) from None
+    except yaml.YAMLError as exc:
+        raise PolicyError([PolicyIssue(name, 1, 1, "", f"invalid YAML: {exc}")]) from None
+    data = {} if node is None else builder.build(node, ())
+    if builder.issues:
+        raise PolicyError(builder.issues)
+    if not isinstance(data, dict):
+        raise PolicyError([PolicyIssue(name, 1, 1, "", "the policy must be a mapping at the top level")])
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        issues = []
+        for err in exc.errors(include_url=False):
+            loc: Loc = tuple(err["loc"])
+            line, col = builder.mark_for(loc)
+            issues.append(PolicyIssue(name, line, col, format_loc(_strip_tags(loc, builder)), _message(err)))
+        raise PolicyError(sorted(issues, key=lambda i: (i.line, i.column))) from None
+    semantic = semantic_errors(policy)
+    if semantic:
+        raise PolicyError(
+            [PolicyIssue(name, *builder.mark_for(loc), format_loc(loc), msg) for loc, msg in semantic]
+        )
+    return LoadedPolicy(policy, name, text, hashlib.sha256(text.encode()).hexdigest())
+
+
+def _strip_tags(loc: Loc, builder: _Builder) -> Loc:
+    """Drop the discriminator parts pydantic adds (e.g. 'prometheus') so the path reads like the file."""
+    out: Loc = ()
+    for i, part in enumerate(loc):
+        if (*out, part) in builder.marks or i == len(loc) - 1:
+            out = (*out, part)
+    return out
+
+
+def _message(err: Any) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling; see `gpu-autoscaler schema`)"
+    if kind == "missing":
+        return "required field is missing"
+    msg = str(err["msg"])
+    if kind == "union_tag_invalid" or kind == "literal_error":
+        return msg
+    if "input" in err and not isinstance(err["input"], dict | list):
+        return f"{msg} (got {err['input']!r})"
+    return msg
+
+
+def load_policy(path: Path) -> LoadedPolicy:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError([PolicyIssue(str(path), 1, 1, "", f"cannot read the file: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise PolicyError([PolicyIssue(str(path), 1, 1, "", "the file is not UTF-8 text")]) from None
+    return parse_policy(text, str(path))
+
+
+def default_policy_text() -> str:
+    return (Path(__file__).parent / "default_policy.yaml").read_text(encoding="utf-8")
+
+
+def load_default_policy() -> LoadedPolicy:
+    return parse_policy(default_policy_text(), "<built-in default policy>")
