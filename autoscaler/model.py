@@ -239,6 +239,7 @@ class Snapshot:
     scaling_state: Mapping[str, ScalingState]
     controls: Mapping[str, PoolControl]
     health: Mapping[str, bool] = field(default_factory=dict)  # cloud_id -> health check passed
+    tick: str = ""  # names this tick (and fallback round): launch tokens are derived from it
 
 
 # ---- the Plan: decisions as data ----
@@ -287,6 +288,27 @@ class Adopt:
     price_usd_per_hour: float
     state: InstanceState
     reason: str
+
+    @property
+    def token(self) -> str:
+        # Not the instance's intent tag: that token may already name a record that ended (a launch we thought
+        # failed). The cloud id is unique, so adoption is idempotent too.
+        return f"adopted-{self.instance.offering.cloud}-{self.instance.cloud_id}"
+
+    def record(self, now: datetime) -> InstanceRecord:
+        return InstanceRecord(
+            token=self.token,
+            pool=self.pool,
+            offering=self.instance.offering,
+            state=self.state,
+            capacity_units=self.capacity_units,
+            gpus=self.gpus,
+            price_usd_per_hour=self.price_usd_per_hour,
+            created_at=now,
+            state_since=now,
+            cloud_id=self.instance.cloud_id,
+            reason=self.reason,
+        )
 
 
 @dataclass(frozen=True)

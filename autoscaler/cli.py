@@ -1,0 +1,141 @@
+"""gpu-autoscaler: run | validate | schema | status | explain."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from autoscaler import __version__
+from autoscaler.config import Policy
+from autoscaler.policyfile import LoadedPolicy, PolicyError, load_default_policy, load_policy
+
+DEFAULT_ADMIN_URL = "http://127.0.0.1:8321"
+
+
+def default_state_dir() -> Path:
+    """systemd's StateDirectory= sets $STATE_DIRECTORY; otherwise the XDG state home."""
+    if env := os.environ.get("STATE_DIRECTORY"):
+        return Path(env.split(":")[0])
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "gpu-autoscaler"
+
+
+def _load(policy: Path | None) -> LoadedPolicy:
+    try:
+        return load_policy(policy) if policy is not None else load_default_policy()
+    except PolicyError as exc:
+        for issue in exc.issues:
+            click.echo(str(issue), err=True)
+        sys.exit(2)
+
+
+def read_admin_token(policy: Policy) -> str | None:
+    admin = policy.daemon.admin
+    if token := os.environ.get(admin.token_env, "").strip():
+        return token
+    if admin.token_file is not None:
+        try:
+            return admin.token_file.read_text(encoding="utf-8").strip() or None
+        except OSError as exc:
+            raise click.ClickException(f"cannot read the admin token file {admin.token_file}: {exc.strerror}") from None
+    return None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gpu-autoscaler")
+def main() -> None:
+    """Multi-cloud GPU autoscaler daemon."""
+
+
+@main.command()
+@click.option("--policy", type=click.Path(dir_okay=False, path_type=Path), help="policy YAML (default: built-in demo)")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="where the SQLite database lives")
+@click.option("--admin", "admin", metavar="HOST:PORT", help="admin API address (overrides the policy)")
+@click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+def run(policy: Path | None, state_dir: Path | None, admin: str | None, log_level: str) -> None:
+    """Run the daemon until SIGTERM. SIGHUP reloads the policy file."""
+    from autoscaler.clock import SystemClock
+    from autoscaler.daemon import Daemon
+    from autoscaler.runner import Runner
+    from autoscaler.store import Store
+    from providers import build_providers
+
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    loaded = _load(policy)
+    settings = loaded.policy.daemon
+    listen = admin or settings.admin.listen
+    host, _, port_text = listen.rpartition(":")
+    if not host or not port_text.isdigit():
+        raise click.BadParameter(f"expected HOST:PORT, got {listen!r}", param_hint="--admin")
+    state = state_dir or default_state_dir()
+    state.mkdir(parents=True, exist_ok=True)
+    url = settings.database_url or f"sqlite:///{state / 'autoscaler.db'}"
+    token = read_admin_token(loaded.policy)
+    clock = SystemClock()
+    store = Store.open(url)
+    daemon = Daemon(
+        loaded,
+        store=store,
+        clock=clock,
+        provider_factory=lambda p: build_providers(p, clock, state_dir=state),
+        policy_path=policy,
+    )
+    runner = Runner(daemon, host.strip("[]"), int(port_text), token)
+    try:
+        runner.start()
+    except RuntimeError as exc:
+        store.close()
+        raise click.ClickException(str(exc)) from None
+    logging.getLogger("autoscaler").info(
+        "running policy %s; state in %s; admin API on http://%s%s",
+        loaded.source,
+        state,
+        listen,
+        "" if token else f" (read-only: set {settings.admin.token_env} to enable mutating calls)",
+    )
+    runner.install_signal_handlers()
+    runner.wait()
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def validate(file: Path) -> None:
+    """Check a policy file: one line per problem with file:line:column, exit 2 if any."""
+    loaded = _load(file)
+    pools = ", ".join(p.name for p in loaded.policy.pools) or "none"
+    click.echo(f"{file}: ok ({len(loaded.policy.pools)} pool(s): {pools})")
+
+
+@main.command()
+def schema() -> None:
+    """Print the policy file's JSON Schema (for editors: yaml-language-server)."""
+    click.echo(json.dumps(Policy.model_json_schema(), indent=2))
+
+
+@main.command()
+@click.option("--admin", "base_url", default=DEFAULT_ADMIN_URL, show_default=True, help="admin API base URL")
+def status(base_url: str) -> None:
+    """Pools, capacity, spend and blocked offerings, from the admin API."""
+    from autoscaler.cli_client import status_table
+
+    sys.exit(status_table(_url(base_url), Console()))
+
+
+@main.command()
+@click.argument("pool")
+@click.option("--admin", "base_url", default=DEFAULT_ADMIN_URL, show_default=True, help="admin API base URL")
+def explain(pool: str, base_url: str) -> None:
+    """Why the pool's last decision: what was chosen, what was skipped and why."""
+    from autoscaler.cli_client import explain as explain_pool
+
+    sys.exit(explain_pool(_url(base_url), pool, Console()))
+
+
+def _url(base: str) -> str:
+    return base if "://" in base else f"http://{base}"

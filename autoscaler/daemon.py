@@ -1,0 +1,227 @@
+"""The daemon: one tick = gather -> reconcile (pure) -> actuate, with fallback rounds, plus policy reload.
+
+`tick()` is what APScheduler calls (see autoscaler.runner); tests and the simulator call it directly with a fake
+clock. A tick's failure is logged and counted, never fatal: the next tick recomputes everything from what it
+observes (level-triggered), so nothing is carried over but the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+
+from autoscaler.actuate import Actuator
+from autoscaler.config import Policy
+from autoscaler.gather import Gatherer
+from autoscaler.interfaces import Clock, MetricSource, Provider
+from autoscaler.metrics import Metrics
+from autoscaler.model import Launch, Plan, PoolDecision, ScalingState, Snapshot
+from autoscaler.policyfile import LoadedPolicy, PolicyError, load_policy
+from autoscaler.reconcile import reconcile
+from autoscaler.sources import build_sources
+from autoscaler.store import Store
+
+log = logging.getLogger(__name__)
+
+ProviderFactory = Callable[[Policy], dict[str, Provider]]
+
+
+class Daemon:
+    """Owns the policy in force, the providers and sources built from it, and the tick. Implements the admin
+    API's DaemonControl."""
+
+    def __init__(
+        self,
+        loaded: LoadedPolicy,
+        *,
+        store: Store,
+        clock: Clock,
+        provider_factory: ProviderFactory,
+        policy_path: Path | None = None,
+        metrics: Metrics | None = None,
+        crash_hook: Callable[[str, Launch], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.metrics = metrics or Metrics()
+        self.policy_path = policy_path
+        self.started_at = clock.now()
+        self._provider_factory = provider_factory
+        self._crash_hook = crash_hook
+        self._lock = threading.RLock()  # guards the policy and what is built from it
+        self._tick_lock = threading.Lock()  # one tick at a time
+        self._loaded = loaded
+        self._providers: dict[str, Provider] = provider_factory(loaded.policy)
+        self._sources = self._build_sources(loaded.policy)
+        self._scaling_state: dict[str, ScalingState] = store.load_scaling_state()
+        self.gatherer = Gatherer(store, clock, max_workers=loaded.policy.daemon.max_parallel_cloud_calls)
+        self.last_plan: Plan | None = None
+        self.last_tick_finished: float | None = None  # monotonic seconds
+        self.last_tick_error: str = ""
+        self.on_policy_change: Callable[[Policy], None] | None = None
+        store.record_policy_revision(
+            at=clock.now(), sha256=loaded.sha256, source=loaded.source, text=loaded.text, accepted=True
+        )
+
+    # ------------------------------------------------------------------ DaemonControl
+
+    def policy(self) -> LoadedPolicy:
+        with self._lock:
+            return self._loaded
+
+    def reload_policy(self) -> tuple[bool, str]:
+        """Re-read the policy file. A bad file leaves the running policy in force and says why."""
+        if self.policy_path is None:
+            return False, "running the built-in default policy: there is no file to reload (use run --policy)"
+        now = self.clock.now()
+        try:
+            new = load_policy(self.policy_path)
+        except PolicyError as exc:
+            text = _read_quietly(self.policy_path)
+            self.store.record_policy_revision(
+                at=now, sha256="", source=str(self.policy_path), text=text, accepted=False, error=str(exc)
+            )
+            log.error("policy reload rejected, the last good policy stays in force:\n%s", exc)
+            return False, str(exc)
+        with self._lock:
+            old = self._loaded
+            if new.sha256 == old.sha256:
+                return True, "policy unchanged"
+            if new.policy.clouds != old.policy.clouds or new.policy.daemon.id != old.policy.daemon.id:
+                self._providers = self._provider_factory(new.policy)
+                self.gatherer.forget_offerings()
+            self._sources = self._build_sources(new.policy)
+            self._loaded = new
+        self.store.record_policy_revision(
+            at=now, sha256=new.sha256, source=new.source, text=new.text, accepted=True
+        )
+        log.info("policy reloaded from %s (sha256 %s)", new.source, new.sha256[:12])
+        if self.on_policy_change is not None:
+            self.on_policy_change(new.policy)
+        return True, f"policy reloaded from {new.source}"
+
+    def health(self) -> tuple[bool, str]:
+        interval = self.policy().policy.daemon.tick_seconds
+        if self.last_tick_finished is None:
+            return True, "starting"
+        age = time.monotonic() - self.last_tick_finished
+        if age > 10 * interval + 60:
+            return False, f"no tick finished for {age:.0f}s"
+        return True, f"last tick {age:.1f}s ago"
+
+    def readiness(self) -> tuple[bool, str]:
+        interval = self.policy().policy.daemon.tick_seconds
+        if self.last_tick_finished is None:
+            return False, "no tick has completed yet"
+        age = time.monotonic() - self.last_tick_finished
+        if age > 3 * interval + 30:
+            return False, f"last tick finished {age:.0f}s ago"
+        if self.last_tick_error:
+            return False, f"last tick failed: {self.last_tick_error}"
+        return True, "ok"
+
+    @property
+    def providers(self) -> Mapping[str, Provider]:
+        with self._lock:
+            return dict(self._providers)
+
+    # ------------------------------------------------------------------ the tick
+
+    def tick(self) -> Plan:
+        """One tick. Raises on failure (run_tick() is the never-raising wrapper the scheduler uses)."""
+        with self._tick_lock:
+            started = time.perf_counter()
+            with self._lock:
+                loaded, providers, sources = self._loaded, dict(self._providers), dict(self._sources)
+            policy = loaded.policy
+            actuator = Actuator(
+                self.store,
+                providers,
+                self.clock,
+                self.metrics,
+                policy.daemon.id,
+                max_workers=policy.daemon.max_parallel_cloud_calls,
+                crash_hook=self._crash_hook,
+            )
+            now = self.clock.now()
+            name = f"{policy.daemon.id}/{now.isoformat()}"
+            snapshot = self.gatherer.gather(policy, providers, sources, self._scaling_state, f"{name}/r0")
+            plan = reconcile(snapshot, policy)
+            result = actuator.apply(plan, policy)
+            decisions = dict(plan.decisions)
+            # Capacity errors: re-place at once, within this tick, with the new blocks in view. Only new launches
+            # are taken from these rounds; everything else waits for the next tick's fresh observation.
+            for round_no in range(1, policy.daemon.fallback_rounds + 1):
+                if not result.capacity_failures:
+                    break
+                again = self._refreshed(snapshot, f"{name}/r{round_no}")
+                fallback = reconcile(again, policy)
+                launches = tuple(i for i in fallback.of_type(Launch) if not i.retry)
+                if not launches:
+                    break
+                result = actuator.apply(replace(fallback, intents=launches, capacity_events=()), policy)
+                decisions = _merge_decisions(decisions, fallback.decisions, {i.pool for i in launches}, round_no)
+            self._scaling_state = dict(plan.scaling_state)
+            self.store.save_scaling_state(plan.scaling_state)
+            self.store.record_decisions(now, decisions)
+            plan = replace(plan, decisions=decisions)
+            duration = time.perf_counter() - started
+            self.metrics.observe_tick(self._final_snapshot(snapshot), plan, duration)
+            self.metrics.set_blocks(self.store.blocks(now=self.clock.now()), self.clock.now())
+            self.last_plan = plan
+            self.last_tick_finished = time.monotonic()
+            self.last_tick_error = ""
+            return plan
+
+    def run_tick(self) -> None:
+        """The scheduler's job: one tick, and whatever happens, the loop goes on."""
+        try:
+            self.tick()
+        except Exception as exc:
+            self.last_tick_error = f"{type(exc).__name__}: {exc}"
+            self.metrics.count_tick_failure()
+            log.exception("tick failed; the next tick starts afresh")
+
+    # ------------------------------------------------------------------ helpers
+
+    def _refreshed(self, snapshot: Snapshot, tick: str) -> Snapshot:
+        now = self.clock.now()
+        return replace(
+            snapshot,
+            records=tuple(self.store.instances(live_only=True)),
+            blocks=tuple(self.store.blocks(now=now)),
+            scaling_state=self._scaling_state,
+            tick=tick,
+        )
+
+    def _final_snapshot(self, snapshot: Snapshot) -> Snapshot:
+        return replace(snapshot, records=tuple(self.store.instances(live_only=True)))
+
+    def _build_sources(self, policy: Policy) -> dict[str, list[MetricSource]]:
+        return {pool.name: build_sources(pool, self.started_at) for pool in policy.pools}
+
+
+def _merge_decisions(
+    first: Mapping[str, PoolDecision], later: Mapping[str, PoolDecision], pools: set[str], round_no: int
+) -> dict[str, PoolDecision]:
+    merged = dict(first)
+    for name in pools:
+        old, new = merged[name], later[name]
+        merged[name] = replace(
+            old,
+            reasons=(*old.reasons, *(f"fallback round {round_no}: {r}" for r in new.reasons)),
+            chosen=(*old.chosen, *(f"fallback round {round_no}: {c}" for c in new.chosen)),
+            skipped=(*old.skipped, *new.skipped),
+        )
+    return merged
+
+
+def _read_quietly(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""

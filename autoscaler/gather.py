@@ -1,0 +1,127 @@
+"""gather: all the reading of one tick, done in parallel, folded into one Snapshot.
+
+One `list_instances` call per provider (each provider lists its regions itself, filtered by our tag), every
+pool's metric sources (each with its own timeout), health checks, and the store's rows. Offerings and prices
+change slowly, so they are cached per provider and refreshed on their own schedule; a failed refresh keeps the
+last good list. A provider whose listing fails is left out of `Snapshot.cloud_instances`, which tells
+reconcile to make no inference from its silence.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from autoscaler.config import Policy
+from autoscaler.health import HealthChecker
+from autoscaler.interfaces import Clock, MetricSource, Provider
+from autoscaler.model import CloudInstance, Offering, Sample, ScalingState, Snapshot
+from autoscaler.sources import combine, read_samples
+from autoscaler.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _CachedOfferings:
+    fetched_at: datetime
+    offerings: tuple[Offering, ...]
+
+
+@dataclass
+class GatherReport:
+    """What went wrong while reading, for the status API and the log; never fatal."""
+
+    list_errors: dict[str, str] = field(default_factory=dict)
+    offering_errors: dict[str, str] = field(default_factory=dict)
+    samples: dict[str, list[Sample]] = field(default_factory=dict)
+
+
+class Gatherer:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        offering_refresh: timedelta = timedelta(minutes=10),
+        max_workers: int = 8,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.offering_refresh = offering_refresh
+        self.max_workers = max_workers
+        self.health = HealthChecker()
+        self._offerings: dict[str, _CachedOfferings] = {}
+        self.report = GatherReport()
+
+    def gather(
+        self,
+        policy: Policy,
+        providers: Mapping[str, Provider],
+        sources: Mapping[str, Sequence[MetricSource]],
+        scaling_state: Mapping[str, ScalingState],
+        tick: str,
+    ) -> Snapshot:
+        now = self.clock.now()
+        report = GatherReport()
+        with ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="gather") as ex:
+            listings = {name: ex.submit(p.list_instances) for name, p in providers.items()}
+            stale = [name for name in providers if self._stale(name, now)]
+            refreshed = {name: ex.submit(providers[name].offerings) for name in stale}
+            samples = read_samples(sources, now, max_workers=self.max_workers)
+            cloud_instances = self._collect_listings(listings, report)
+            self._collect_offerings(refreshed, now, report)
+        records = self.store.instances(live_only=True)
+        health = self.health.check(policy, records, cloud_instances)
+        demand = {pool.name: combine(pool, samples.get(pool.name, []), now) for pool in policy.pools}
+        report.samples = samples
+        self.report = report
+        offerings = tuple(o for name in providers if name in self._offerings for o in self._offerings[name].offerings)
+        return Snapshot(
+            now=now,
+            records=tuple(records),
+            cloud_instances=cloud_instances,
+            offerings=offerings,
+            blocks=tuple(self.store.blocks(now=now)),
+            demand=demand,
+            scaling_state=dict(scaling_state),
+            controls=self.store.controls(),
+            health=health,
+            tick=tick,
+        )
+
+    def _stale(self, name: str, now: datetime) -> bool:
+        cached = self._offerings.get(name)
+        return cached is None or now - cached.fetched_at >= self.offering_refresh
+
+    def _collect_listings(
+        self, listings: Mapping[str, Future[Sequence[CloudInstance]]], report: GatherReport
+    ) -> dict[str, tuple[CloudInstance, ...]]:
+        out: dict[str, tuple[CloudInstance, ...]] = {}
+        for name, future in listings.items():
+            try:
+                out[name] = tuple(future.result())
+            except Exception as exc:  # any failure: this cloud is unobserved this tick, nothing is inferred
+                report.list_errors[name] = f"{type(exc).__name__}: {exc}"
+                log.warning("listing %s failed; its instances are left as they are this tick: %s", name, exc)
+        return out
+
+    def _collect_offerings(
+        self, refreshed: Mapping[str, Future[Sequence[Offering]]], now: datetime, report: GatherReport
+    ) -> None:
+        for name, future in refreshed.items():
+            try:
+                offerings = tuple(future.result())
+            except Exception as exc:
+                report.offering_errors[name] = f"{type(exc).__name__}: {exc}"
+                log.warning("refreshing offerings of %s failed; keeping the last good list: %s", name, exc)
+                continue
+            self._offerings[name] = _CachedOfferings(now, offerings)
+            self.store.record_prices(offerings, now)
+
+    def forget_offerings(self) -> None:
+        """Drop the cache (after a policy reload changed the clouds)."""
+        self._offerings.clear()
