@@ -148,6 +148,10 @@ class Actuator:
         for launch in launches:
             self._crash("before_intent", launch)
             if not launch.retry:
+                if self.store.get_instance(launch.token) is not None:
+                    # The same intent was written before (a replayed tick): it is followed up as a retry.
+                    log.info("intent %s already recorded", launch.token)
+                    continue
                 self.store.add_instance(_record(launch, now), launch.reason, now)
             self._crash("after_intent", launch)
         with ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="launch") as pool:

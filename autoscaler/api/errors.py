@@ -1,0 +1,103 @@
+"""Error shapes and the bearer-token gate of the admin API.
+
+Every error the API returns is JSON with an "error" string (validation errors add a "detail" list), and
+nothing a client sends can produce a traceback: unexpected exceptions are logged here and answered with a
+generic 500. The token gate is ASGI middleware rather than a FastAPI dependency so that it runs before the
+body is parsed: an unauthenticated caller learns nothing about what a valid request looks like.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _where(loc: Any) -> str:
+    return ".".join(str(part) for part in loc) if isinstance(loc, list | tuple) else str(loc)
+
+
+def _message(err: Any) -> str:
+    msg = str(err.get("msg", ""))
+    ctx = err.get("ctx")
+    if err.get("type") == "json_invalid" and isinstance(ctx, dict) and isinstance(ctx.get("error"), str):
+        return f"{msg}: {ctx['error']}"  # the parser's own words say where the JSON broke
+    return msg
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    # Only loc/msg/type: "input" and "ctx" may hold NaN or bytes, which would not even serialise to JSON.
+    detail = [
+        {"loc": [str(p) for p in err.get("loc", ())], "msg": _message(err), "type": str(err.get("type"))}
+        for err in exc.errors()
+    ]
+    first = detail[0] if detail else {"loc": [], "msg": "invalid request"}
+    summary = f"{_where(first['loc'])}: {first['msg']}" if first["loc"] else str(first["msg"])
+    return JSONResponse({"error": summary, "detail": detail}, status_code=422)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return error(exc.status_code, str(exc.detail), dict(exc.headers) if exc.headers else None)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("admin API %s %s failed", request.method, request.url.path)
+    return error(500, "internal error (see the daemon log)")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+class BearerTokenGate:
+    """Mutating methods need `Authorization: Bearer <token>`; reads are open.
+
+    With no token configured every mutating call is refused (403): an admin API that anyone on the network
+    may pause or override is worse than one that cannot be changed at all.
+    """
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token.encode() if token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in MUTATING_METHODS:
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, scope: Scope) -> JSONResponse | None:
+        if self.token is None:
+            return error(403, "no admin token configured")
+        header = b""
+        for name, value in scope.get("headers", ()):
+            if name.lower() == b"authorization":
+                header = value
+                break
+        scheme, _, given = header.partition(b" ")
+        challenge = {"WWW-Authenticate": "Bearer"}
+        if scheme.lower() != b"bearer" or not given.strip():
+            return error(401, "missing bearer token", challenge)
+        if not hmac.compare_digest(given.strip(), self.token):
+            return error(401, "invalid bearer token", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        return None

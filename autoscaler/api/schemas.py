@@ -1,0 +1,352 @@
+"""Request and response shapes of the admin API, and the conversions from the daemon's own values.
+
+Responses are pydantic models so /openapi.json documents every field. Requests forbid unknown keys and
+accept only finite JSON numbers of the right type: `"5"`, `true`, NaN and Infinity are refused rather than
+coerced, because an operator's typo must not quietly become an override of the fleet.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from autoscaler.lifecycle import InstanceState
+from autoscaler.model import Block, InstanceRecord, Market, OfferingKey, PoolControl, PoolDecision
+from autoscaler.store import CapacityEventRow, DecisionRow, HistoryEntry, PolicyRevisionRow, PriceRow
+
+MAX_OVERRIDE_TTL_SECONDS = 7 * 24 * 3600.0
+CloudName = Literal["simulated", "aws", "gcp", "azure"]  # the clouds of config.CLOUDS
+
+
+def _seconds(later: datetime, earlier: datetime) -> float:
+    return round((later - earlier).total_seconds(), 3)
+
+
+# ------------------------------------------------------------------ requests
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class OverrideIn(_Request):
+    capacity: float = Field(strict=True, ge=0, le=1e6, description="capacity units to hold the pool at")
+    ttl_seconds: float = Field(
+        strict=True, gt=0, le=MAX_OVERRIDE_TTL_SECONDS, description="how long the override lasts"
+    )
+
+
+class UnblockIn(_Request):
+    cloud: CloudName
+    instance_type: str = Field(min_length=1, max_length=128)
+    market: Market = Field(description="spot or on-demand")
+    region: str = Field("", max_length=128, description='"" matches blocks of any region')
+    zone: str = Field("", max_length=128, description='"" matches blocks of any zone')
+
+
+# ------------------------------------------------------------------ responses
+
+
+class ErrorOut(BaseModel):
+    error: str
+
+
+class Health(BaseModel):
+    ok: bool
+    reason: str
+
+
+class OfferingOut(BaseModel):
+    cloud: str
+    region: str
+    zone: str
+    instance_type: str
+    market: str
+
+    @classmethod
+    def of(cls, key: OfferingKey) -> OfferingOut:
+        return cls(**key.as_labels())
+
+
+class OverrideOut(BaseModel):
+    capacity: float
+    until: datetime
+    seconds_left: float
+
+
+class ControlOut(BaseModel):
+    pool: str
+    paused: bool
+    override: OverrideOut | None = Field(description="null when none is set or it has expired")
+
+    @classmethod
+    def of(cls, pool: str, control: PoolControl, now: datetime) -> ControlOut:
+        override = None
+        if (
+            control.override_capacity is not None
+            and control.override_until is not None
+            and control.override_until > now
+        ):
+            override = OverrideOut(
+                capacity=control.override_capacity,
+                until=control.override_until,
+                seconds_left=_seconds(control.override_until, now),
+            )
+        return cls(pool=pool, paused=control.paused, override=override)
+
+
+class SkippedOut(BaseModel):
+    offering: str
+    reason: str
+
+
+class DecisionOut(BaseModel):
+    pool: str
+    at: datetime
+    age_seconds: float
+    desired: float
+    ready: float
+    booting: float
+    draining: float
+    spend_usd_per_hour: float
+    signal: str
+    reasons: list[str]
+    chosen: list[str]
+    skipped: list[SkippedOut]
+
+    @classmethod
+    def of(cls, row: DecisionRow, now: datetime) -> DecisionOut:
+        d: PoolDecision = row.decision
+        return cls(
+            pool=d.pool,
+            at=row.at,
+            age_seconds=_seconds(now, row.at),
+            desired=d.desired,
+            ready=d.ready,
+            booting=d.booting,
+            draining=d.draining,
+            spend_usd_per_hour=d.spend_usd_per_hour,
+            signal=d.signal,
+            reasons=list(d.reasons),
+            chosen=list(d.chosen),
+            skipped=[SkippedOut(offering=s.offering, reason=s.reason) for s in d.skipped],
+        )
+
+
+class CandidateOut(BaseModel):
+    cloud: str
+    instance_type: str
+    market: str
+    throughput: float
+
+
+class PoolOut(BaseModel):
+    name: str
+    min_capacity: float
+    max_capacity: float
+    desired: float | None = Field(description="from the last decision; null before the first one")
+    ready: float | None
+    booting: float | None
+    draining: float | None
+    spend_usd_per_hour: float | None
+    live_instances: int = Field(description="live instance records in the store now")
+    paused: bool
+    override: OverrideOut | None
+    last_decision_at: datetime | None
+    last_decision_age_seconds: float | None = Field(description="by the daemon's clock")
+    signal: str
+    reasons: list[str]
+
+
+class PoolDetailOut(PoolOut):
+    candidates: list[CandidateOut]
+    instances_by_state: dict[str, int]
+
+
+class CapacityEventOut(BaseModel):
+    offering: OfferingOut
+    scope: str
+    kind: str
+    at: datetime
+    message: str
+    pool: str | None
+
+    @classmethod
+    def of(cls, row: CapacityEventRow) -> CapacityEventOut:
+        return cls(
+            offering=OfferingOut.of(row.offering),
+            scope=str(row.scope),
+            kind=str(row.kind),
+            at=row.at,
+            message=row.message,
+            pool=row.pool,
+        )
+
+
+class ExplainOut(BaseModel):
+    pool: str
+    decision: DecisionOut | None = Field(description="the last decision in full; null before the first one")
+    control: ControlOut
+    capacity_events: list[CapacityEventOut] = Field(
+        description="recent capacity events of this pool, newest first"
+    )
+
+
+class BlockOut(BaseModel):
+    cloud: str
+    region: str
+    zone: str
+    instance_type: str
+    market: str
+    scope: str
+    kind: str
+    failures: int
+    until: datetime
+    seconds_left: float
+    last_failure_at: datetime
+    reason: str
+    description: str
+
+    @classmethod
+    def of(cls, b: Block, now: datetime) -> BlockOut:
+        return cls(
+            cloud=b.cloud,
+            region=b.region,
+            zone=b.zone,
+            instance_type=b.instance_type,
+            market=str(b.market),
+            scope=str(b.scope),
+            kind=str(b.kind),
+            failures=b.failures,
+            until=b.until,
+            seconds_left=max(_seconds(b.until, now), 0.0),
+            last_failure_at=b.last_failure_at,
+            reason=b.reason,
+            description=b.describe(),
+        )
+
+
+class CapacityOut(BaseModel):
+    blocked: list[BlockOut]
+    events: list[CapacityEventOut]
+
+
+class HistoryOut(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    from_state: str | None = Field(alias="from")
+    to: str
+    at: datetime
+    reason: str
+    edge: str
+
+    @classmethod
+    def of(cls, h: HistoryEntry) -> HistoryOut:
+        return cls(
+            from_state=None if h.frm is None else str(h.frm), to=str(h.to), at=h.at, reason=h.reason, edge=h.edge
+        )
+
+
+class InstanceOut(BaseModel):
+    token: str
+    pool: str
+    offering: OfferingOut
+    state: InstanceState
+    live: bool
+    capacity_units: float
+    gpus: int
+    price_usd_per_hour: float
+    created_at: datetime
+    state_since: datetime
+    seconds_in_state: float
+    cloud_id: str | None
+    reason: str
+
+    @classmethod
+    def fields_of(cls, r: InstanceRecord, now: datetime) -> dict[str, object]:
+        return {
+            "token": r.token,
+            "pool": r.pool,
+            "offering": OfferingOut.of(r.offering),
+            "state": r.state,
+            "live": r.live,
+            "capacity_units": r.capacity_units,
+            "gpus": r.gpus,
+            "price_usd_per_hour": r.price_usd_per_hour,
+            "created_at": r.created_at,
+            "state_since": r.state_since,
+            "seconds_in_state": max(_seconds(now, r.state_since), 0.0),
+            "cloud_id": r.cloud_id,
+            "reason": r.reason,
+        }
+
+    @classmethod
+    def of(cls, r: InstanceRecord, now: datetime) -> InstanceOut:
+        return cls.model_validate(cls.fields_of(r, now))
+
+
+class InstanceDetailOut(InstanceOut):
+    history: list[HistoryOut]
+
+
+class PriceOut(BaseModel):
+    cloud: str
+    region: str
+    zone: str
+    instance_type: str
+    market: str
+    usd_per_hour: float
+    gpus: int
+    usd_per_gpu_hour: float | None
+    observed_at: datetime
+    age_seconds: float
+    source: str
+
+    @classmethod
+    def of(cls, p: PriceRow, now: datetime) -> PriceOut:
+        return cls(
+            **p.offering.as_labels(),
+            usd_per_hour=p.usd_per_hour,
+            gpus=p.gpus,
+            usd_per_gpu_hour=round(p.usd_per_hour / p.gpus, 6) if p.gpus > 0 else None,
+            observed_at=p.observed_at,
+            age_seconds=max(_seconds(now, p.observed_at), 0.0),
+            source=p.source,
+        )
+
+
+class RevisionOut(BaseModel):
+    at: datetime
+    sha256: str
+    source: str
+    accepted: bool
+    error: str
+
+    @classmethod
+    def of(cls, r: PolicyRevisionRow) -> RevisionOut:
+        return cls(at=r.at, sha256=r.sha256, source=r.source, accepted=r.accepted, error=r.error)
+
+
+class PolicyOut(BaseModel):
+    source: str
+    sha256: str
+    pools: list[str]
+    revisions: list[RevisionOut] = Field(description="newest first, rejected ones included")
+
+
+class ReloadOut(BaseModel):
+    accepted: bool
+    message: str
+    source: str
+    sha256: str
+
+
+class ReloadRejectedOut(BaseModel):
+    accepted: bool
+    error: str
+
+
+class UnblockOut(BaseModel):
+    unblocked: int

@@ -1,0 +1,126 @@
+"""Prometheus metrics of one daemon, in its own CollectorRegistry.
+
+A registry per daemon (never prometheus_client's global one) lets several daemons, and many tests, live in one
+process without "duplicated timeseries" errors. The per-tick gauges are cleared and set again from each tick's
+Snapshot and Plan, so a pool, state or offering that disappears also disappears from the exposition instead of
+reporting its last value forever. Counters only ever grow, as Prometheus expects.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter as Tally
+from collections.abc import Sequence
+from datetime import datetime
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from autoscaler.model import Block, FailureKind, OfferingKey, Plan, Snapshot
+
+OFFERING_LABELS = ("cloud", "region", "zone", "instance_type", "market")
+
+# Ticks normally take well under a second, but a slow cloud API can stretch one to many seconds.
+TICK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        # A scrape must never see a half-rebuilt set of gauges (cleared, not yet re-set).
+        self._lock = threading.Lock()
+        self.pool_desired = Gauge(
+            "gpu_autoscaler_pool_desired_capacity", "Capacity units the pool should have", ["pool"], registry=r
+        )
+        self.pool_ready = Gauge(
+            "gpu_autoscaler_pool_ready_capacity", "Capacity units of the pool that are ready", ["pool"], registry=r
+        )
+        self.instances = Gauge(
+            "gpu_autoscaler_instances",
+            "Live instance records by pool, cloud, market and lifecycle state",
+            ["pool", "cloud", "market", "state"],
+            registry=r,
+        )
+        self.spend = Gauge(
+            "gpu_autoscaler_spend_usd_per_hour",
+            "Sum of the hourly prices of the pool's live instances",
+            ["pool"],
+            registry=r,
+        )
+        self.blocked = Gauge(
+            "gpu_autoscaler_blocked_offerings",
+            "Active capacity-memory blocks by offering",
+            list(OFFERING_LABELS),
+            registry=r,
+        )
+        self.capacity_errors = Counter(
+            "gpu_autoscaler_capacity_errors_total",
+            "Capacity, quota and preemption failures by offering",
+            [*OFFERING_LABELS, "kind"],
+            registry=r,
+        )
+        self.launches = Counter(
+            "gpu_autoscaler_launches_total",
+            "Launches the daemon asked a cloud for",
+            ["pool", "cloud", "instance_type", "market"],
+            registry=r,
+        )
+        self.tick_duration = Histogram(
+            "gpu_autoscaler_tick_duration_seconds",
+            "Wall time of one gather-reconcile-actuate tick",
+            buckets=TICK_BUCKETS,
+            registry=r,
+        )
+        self.tick_failures = Counter(
+            "gpu_autoscaler_tick_failures_total", "Ticks that ended with an unexpected error", registry=r
+        )
+        self.last_tick = Gauge(
+            "gpu_autoscaler_last_tick_timestamp_seconds",
+            "Unix time of the last completed tick (by the daemon's clock)",
+            registry=r,
+        )
+
+    def observe_tick(self, snapshot: Snapshot, plan: Plan, duration_seconds: float) -> None:
+        counts: Tally[tuple[str, str, str, str]] = Tally()
+        spend: dict[str, float] = {pool: 0.0 for pool in plan.decisions}
+        for rec in snapshot.records:
+            if not rec.live:
+                continue
+            counts[(rec.pool, rec.offering.cloud, str(rec.offering.market), str(rec.state))] += 1
+            spend[rec.pool] = spend.get(rec.pool, 0.0) + rec.price_usd_per_hour
+        with self._lock:
+            for gauge in (self.pool_desired, self.pool_ready, self.instances, self.spend):
+                gauge.clear()
+            for pool, decision in plan.decisions.items():
+                self.pool_desired.labels(pool=pool).set(decision.desired)
+                self.pool_ready.labels(pool=pool).set(decision.ready)
+            for (pool, cloud, market, state), n in counts.items():
+                self.instances.labels(pool=pool, cloud=cloud, market=market, state=state).set(n)
+            for pool, usd in spend.items():
+                self.spend.labels(pool=pool).set(usd)
+            self.tick_duration.observe(max(duration_seconds, 0.0))
+            self.last_tick.set(plan.now.timestamp())
+
+    def count_tick_failure(self) -> None:
+        self.tick_failures.inc()
+
+    def count_launch(self, pool: str, key: OfferingKey) -> None:
+        self.launches.labels(
+            pool=pool, cloud=key.cloud, instance_type=key.instance_type, market=str(key.market)
+        ).inc()
+
+    def count_capacity_error(self, key: OfferingKey, kind: FailureKind) -> None:
+        self.capacity_errors.labels(**key.as_labels(), kind=str(kind)).inc()
+
+    def set_blocks(self, blocks: Sequence[Block], now: datetime) -> None:
+        counts: Tally[tuple[str, str, str, str, str]] = Tally(
+            (b.cloud, b.region, b.zone, b.instance_type, str(b.market)) for b in blocks if b.until > now
+        )
+        with self._lock:
+            self.blocked.clear()
+            for labels, n in counts.items():
+                self.blocked.labels(*labels).set(n)
+
+    def render(self) -> tuple[bytes, str]:
+        with self._lock:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
