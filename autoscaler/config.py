@@ -6,6 +6,7 @@ file (with file:line:column in every error) lives in `autoscaler.policyfile`; th
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -276,7 +277,11 @@ class Policy(Strict):
     pools: list[Pool] = Field(default_factory=list)
 
     def pool(self, name: str) -> Pool | None:
-        return next((p for p in self.pools if p.name == name), None)
+        return self._pools_by_name.get(name)
+
+    @cached_property
+    def _pools_by_name(self) -> dict[str, Pool]:
+        return {p.name: p for p in reversed(self.pools)}  # reversed: the first of duplicate names wins
 
 
 def semantic_errors(policy: Policy) -> list[tuple[tuple[str | int, ...], str]]:

@@ -15,6 +15,7 @@ from datetime import timedelta
 from autoscaler.config import Policy, Pool
 from autoscaler.lifecycle import InstanceState, can_transition
 from autoscaler.model import (
+    TAG_INTENT,
     Adopt,
     CapacityEvent,
     CloudInstance,
@@ -43,7 +44,9 @@ class Observation:
     # every live record as it stands after the observed transitions (records that ended are dropped)
     fleet: dict[str, InstanceRecord] = field(default_factory=dict)
 
-    def move(self, rec: InstanceRecord, to: InstanceState, reason: str, cloud_id: str | None = None) -> InstanceRecord:
+    def move(
+        self, rec: InstanceRecord, to: InstanceState, reason: str, cloud_id: str | None = None
+    ) -> InstanceRecord:
         self.intents.append(Transition(rec.token, to, reason, observed=True, cloud_id=cloud_id))
         moved = replace(rec, state=to, reason=reason, cloud_id=cloud_id or rec.cloud_id)
         if to.live:
@@ -67,23 +70,27 @@ def candidate_for(pool: Pool, key: OfferingKey) -> tuple[int, float] | None:
 
 
 def observe(snapshot: Snapshot, policy: Policy, retry_after: timedelta) -> Observation:
-    now = snapshot.now
     obs = Observation(fleet={r.token: r for r in snapshot.records if r.live})
     offerings: Mapping[OfferingKey, Offering] = {o.key: o for o in snapshot.offerings}
-    matched: set[tuple[str, str]] = set()
-
     for cloud, listed in snapshot.cloud_instances.items():
         by_id = {i.cloud_id: i for i in listed}
-        by_token = {i.token: i for i in listed if i.token}
+        by_token = {i.tags.get(TAG_INTENT): i for i in listed}
+        matched: set[str] = set()
         for rec in [r for r in obs.fleet.values() if r.offering.cloud == cloud]:
             inst = by_id.get(rec.cloud_id) if rec.cloud_id else by_token.get(rec.token)
-            if inst is not None:
-                matched.add((cloud, inst.cloud_id))
-                _follow(obs, rec, inst, snapshot, policy)
-            else:
+            if inst is None:
                 _missing(obs, rec, snapshot, retry_after)
+                continue
+            matched.add(inst.cloud_id)
+            if (
+                rec.state == S.READY
+                and inst.state == CloudState.RUNNING
+                and snapshot.health.get(inst.cloud_id) is not False
+            ):
+                continue  # the steady state, most of the fleet: nothing to observe
+            _follow(obs, rec, inst, snapshot, policy)
         for inst in listed:
-            if (cloud, inst.cloud_id) not in matched:
+            if inst.cloud_id not in matched:
                 _untracked(obs, inst, policy, offerings, snapshot)
     return obs
 
@@ -100,7 +107,9 @@ def _follow(obs: Observation, rec: InstanceRecord, inst: CloudInstance, snap: Sn
         return
     if rec.state == S.TERMINATING:
         if snap.now - rec.state_since >= TERMINATE_RETRY:
-            obs.intents.append(Terminate(rec.token, rec.pool, rec.offering.cloud, cid, "terminate again: still listed"))
+            obs.intents.append(
+                Terminate(rec.token, rec.pool, rec.offering.cloud, cid, "terminate again: still listed")
+            )
         return
     if rec.state in (S.PENDING, S.REQUESTED):
         rec = obs.move(rec, S.PROVISIONING, f"the cloud lists it ({inst.state})", cid)
@@ -155,7 +164,11 @@ def _lost(obs: Observation, rec: InstanceRecord, why: str, cloud_id: str | None)
 
 
 def _untracked(
-    obs: Observation, inst: CloudInstance, policy: Policy, offerings: Mapping[OfferingKey, Offering], snap: Snapshot
+    obs: Observation,
+    inst: CloudInstance,
+    policy: Policy,
+    offerings: Mapping[OfferingKey, Offering],
+    snap: Snapshot,
 ) -> None:
     """A tagged instance with no record is a leak: adopt it into its pool, or terminate it. Never ignore it."""
     if inst.state in (CloudState.STOPPING, CloudState.TERMINATED):
@@ -165,7 +178,9 @@ def _untracked(
     offering = offerings.get(inst.offering)
     if pool is None or cand is None or offering is None:
         why = "its pool is not in the policy" if pool is None else "its offering is not a candidate of its pool"
-        obs.intents.append(Terminate(None, inst.pool, inst.offering.cloud, inst.cloud_id, f"untracked instance: {why}"))
+        obs.intents.append(
+            Terminate(None, inst.pool, inst.offering.cloud, inst.cloud_id, f"untracked instance: {why}")
+        )
         return
     state = S.RUNNING if inst.state == CloudState.RUNNING else S.PROVISIONING
     adopt = Adopt(

@@ -26,6 +26,7 @@ from autoscaler.model import (
     InstanceRecord,
     Intent,
     Launch,
+    Offering,
     Plan,
     PoolControl,
     PoolDecision,
@@ -79,8 +80,18 @@ def reconcile(snapshot: Snapshot, policy: Policy) -> Plan:
     pool_names = {p.name for p in policy.pools}
     for rec in fleet.values():
         if rec.pool not in pool_names and rec.state not in _GOING and rec.cloud_id:
-            intents.append(Terminate(rec.token, rec.pool, rec.offering.cloud, rec.cloud_id, "pool removed from policy"))
+            intents.append(
+                Terminate(rec.token, rec.pool, rec.offering.cloud, rec.cloud_id, "pool removed from policy")
+            )
 
+    # Each pool looks only at the offerings of its candidates: grouped once here, not scanned once per pool.
+    offerings_by_kind: dict[tuple[str, str, str], list[Offering]] = defaultdict(list)
+    for offering in snapshot.offerings:
+        k = offering.key
+        offerings_by_kind[(k.cloud, k.instance_type, k.market)].append(offering)
+    blocks_by_kind: dict[tuple[str, str, str], list[Block]] = defaultdict(list)
+    for block in blocks:
+        blocks_by_kind[(block.cloud, block.instance_type, block.market)].append(block)
     by_pool: dict[str, list[InstanceRecord]] = defaultdict(list)
     for rec in fleet.values():
         by_pool[rec.pool].append(rec)
@@ -97,7 +108,10 @@ def reconcile(snapshot: Snapshot, policy: Policy) -> Plan:
             state=snapshot.scaling_state.get(pool.name, ScalingState()),
             control=snapshot.controls.get(pool.name, PoolControl()),
         )
-        decision, pool_intents, states[pool.name], budget = ctx.decide(snapshot, blocks, budget)
+        kinds = dict.fromkeys((c.cloud, c.instance_type, c.market) for c in pool.candidates)
+        offerings = [o for kind in kinds for o in offerings_by_kind.get(kind, ())]
+        pool_blocks = [b for kind in kinds for b in blocks_by_kind.get(kind, ())]
+        decision, pool_intents, states[pool.name], budget = ctx.decide(offerings, pool_blocks, budget)
         decisions[pool.name] = decision
         intents.extend(pool_intents)
     return Plan(now, tuple(intents), decisions, states, tuple(obs.events))
@@ -114,7 +128,7 @@ class _PoolTick:
     control: PoolControl
 
     def decide(
-        self, snapshot: Snapshot, blocks: Sequence[Block], budget: Budget
+        self, offerings: Sequence[Offering], blocks: Sequence[Block], budget: Budget
     ) -> tuple[PoolDecision, list[Intent], ScalingState, Budget]:
         pool, now = self.pool, self.now
         intents: list[Intent] = []
@@ -156,11 +170,16 @@ class _PoolTick:
         skipped: tuple[Skipped, ...] = ()
         if self.control.paused:
             reasons.append("paused by operator: no launches or removals")
-            return self._decision(desired, ready, live - ready, draining, spend, reasons, signal), intents, new_state, budget
+            return (
+                self._decision(desired, ready, live - ready, draining, spend, reasons, signal),
+                intents,
+                new_state,
+                budget,
+            )
 
         need = desired - live
         if need > 0:
-            placement = place(pool, need, snapshot.offerings, blocks, self.members, budget, now)
+            placement = place(pool, need, offerings, blocks, self.members, budget, now)
             budget = placement.budget
             skipped = placement.skipped
             for i, choice in enumerate(placement.choices):
@@ -196,6 +215,15 @@ class _PoolTick:
         return Terminate(rec.token, rec.pool, rec.offering.cloud, rec.cloud_id or "", reason)
 
     def _decision(
-        self, desired: float, ready: float, booting: float, draining: float, spend: float, reasons: list[str], signal: str
+        self,
+        desired: float,
+        ready: float,
+        booting: float,
+        draining: float,
+        spend: float,
+        reasons: list[str],
+        signal: str,
     ) -> PoolDecision:
-        return PoolDecision(self.pool.name, desired, ready, booting, draining, spend, tuple(reasons), signal=signal)
+        return PoolDecision(
+            self.pool.name, desired, ready, booting, draining, spend, tuple(reasons), signal=signal
+        )

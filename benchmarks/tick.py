@@ -28,6 +28,7 @@ from autoscaler.config import (
     Pool,
     SimInstanceType,
     SimulatedCloud,
+    SyntheticSource,
     Targets,
 )
 from autoscaler.lifecycle import InstanceState
@@ -63,15 +64,31 @@ def build(pools: int, offerings: int, instances: int) -> tuple[Policy, Snapshot]
     ]
     sim = SimulatedCloud(
         regions={"r": zones},
-        instance_types={t: SimInstanceType(gpus=1, on_demand_usd_per_hour=2.0, spot_usd_per_hour=1.0) for t in types},
+        instance_types={
+            t: SimInstanceType(gpus=1, on_demand_usd_per_hour=2.0, spot_usd_per_hour=1.0) for t in types
+        },
     )
     pool_cfgs = []
     for p in range(pools):
         cands = [
-            Candidate(cloud="simulated", instance_type=types[(p + k) % n_types], market=list(Market)[k % 2], throughput=1 + k)
+            Candidate(
+                cloud="simulated",
+                instance_type=types[(p + k) % n_types],
+                market=list(Market)[k % 2],
+                throughput=1 + k,
+            )
             for k in range(5)
         ]
-        pool_cfgs.append(Pool(name=f"pool-{p:03d}", max_capacity=10_000, candidates=cands, targets=Targets(queue_per_unit=1)))
+        queue = SyntheticSource(name="queue", type="synthetic")  # only its kind matters: demand is in the snapshot
+        pool_cfgs.append(
+            Pool(
+                name=f"pool-{p:03d}",
+                max_capacity=10_000,
+                metrics=[queue],
+                candidates=cands,
+                targets=Targets(queue_per_unit=1),
+            )
+        )
     policy = Policy(
         daemon=DaemonSettings(limits=Limits(max_instances=1_000_000, max_gpus=10_000_000, max_usd_per_hour=1e9)),
         clouds=Clouds(simulated=sim),
@@ -88,7 +105,9 @@ def build(pools: int, offerings: int, instances: int) -> tuple[Policy, Snapshot]
             token = f"{pool.name}-{i}"
             cloud_id = f"i-{p:03d}-{i:05d}"
             records.append(
-                InstanceRecord(token, pool.name, key, InstanceState.READY, cand.throughput, 1, 1.0, NOW, NOW, cloud_id)
+                InstanceRecord(
+                    token, pool.name, key, InstanceState.READY, cand.throughput, 1, 1.0, NOW, NOW, cloud_id
+                )
             )
             tags = {TAG_DAEMON: "default", TAG_POOL: pool.name, TAG_INTENT: token}
             listed.append(CloudInstance(cloud_id, key, CloudState.RUNNING, NOW, tags))

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from itertools import takewhile
 
 from autoscaler.capacity import blocking
 from autoscaler.config import Candidate, Pool
@@ -113,16 +114,23 @@ def place(
     choices: list[Choice] = []
     covered = 0.0
     while covered < need_units - _EPSILON:
+        # Budgets only shrink, so an offering over budget now stays over it: drop it for good.
         fitting = []
         for m in usable:
-            why = _over_budget(m.offering, budget)
-            if why:
-                skipped.setdefault(m.offering.key, why)
+            o = m.offering
+            if (
+                o.price_usd_per_hour > budget.usd_per_hour + _EPSILON
+                or o.gpus > budget.gpus
+                or budget.instances < 1
+            ):
+                skipped.setdefault(o.key, _over_budget(o, budget))
             else:
                 fitting.append(m)
-        if not fitting:
+        usable = fitting
+        if not usable:
             break
-        best = min(fitting, key=lambda m: _order(m, spread))
+        # `usable` is sorted by rank: only the best rank's offerings compete (spread and price within it).
+        best = min(_best_rank(usable), key=lambda m: _order(m, spread))
         count = spread[(best.rank, best.zone)]
         choices.append(Choice(best.offering, best.candidate.throughput, best.rank, _reason(best, count)))
         covered += best.candidate.throughput
@@ -151,6 +159,12 @@ def _matched(pool: Pool, offerings: Sequence[Offering]) -> list[_Match]:
                 break
     found.sort(key=lambda m: (m.rank, m.per_unit, m.offering.key))
     return found
+
+
+def _best_rank(usable: list[_Match]) -> list[_Match]:
+    """The leading run of `usable` (sorted by rank) that shares its first rank."""
+    top = usable[0].rank
+    return list(takewhile(lambda m: m.rank == top, usable))
 
 
 def _over_budget(offering: Offering, budget: Budget) -> str:
