@@ -91,7 +91,9 @@ class Actuator:
     def _record_failure(self, event: CapacityEvent) -> None:
         block = self.store.record_capacity_event(event, self.clock.now())
         self.metrics.count_capacity_error(event.offering, event.kind)
-        log.warning("capacity memory: %s blocked until %s: %s", block.describe(), block.until.isoformat(), event.message)
+        log.warning(
+            "capacity memory: %s blocked until %s: %s", block.describe(), block.until.isoformat(), event.message
+        )
 
     def _transition(
         self, token: str, to: InstanceState, reason: str, cloud_id: str | None, result: ActuationResult
@@ -110,7 +112,9 @@ class Actuator:
         now = self.clock.now()
         if self.store.get_instance(intent.token) is None:
             self.store.add_instance(intent.record(now), intent.reason, now)
-            log.warning("adopted %s %s into pool %s", intent.instance.offering, intent.instance.cloud_id, intent.pool)
+            log.warning(
+                "adopted %s %s into pool %s", intent.instance.offering, intent.instance.cloud_id, intent.pool
+            )
 
     # ------------------------------------------------------------------ terminations
 
@@ -121,7 +125,9 @@ class Actuator:
                 rec = self.store.get_instance(t.token)
                 if rec is None or not rec.live:
                     continue
-                if rec.state != S.TERMINATING and not self._transition(t.token, S.TERMINATING, t.reason, None, result):
+                if rec.state != S.TERMINATING and not self._transition(
+                    t.token, S.TERMINATING, t.reason, None, result
+                ):
                     continue
             if t.cloud_id:
                 by_cloud[t.cloud].append(t)
@@ -163,12 +169,16 @@ class Actuator:
         rec = self.store.get_instance(launch.token)
         if rec is None or rec.state not in (S.PENDING, S.REQUESTED):
             return
-        if rec.state == S.PENDING and not self._transition(launch.token, S.REQUESTED, "calling the cloud", None, result):
+        if rec.state == S.PENDING and not self._transition(
+            launch.token, S.REQUESTED, "calling the cloud", None, result
+        ):
             return
         self._crash("after_requested", launch)
         provider = self.providers.get(launch.offering.cloud)
         if provider is None:
-            self._transition(launch.token, S.LAUNCH_FAILED, f"no provider for {launch.offering.cloud}", None, result)
+            self._transition(
+                launch.token, S.LAUNCH_FAILED, f"no provider for {launch.offering.cloud}", None, result
+            )
             return
         try:
             inst = provider.launch(self._request(launch, policy))
@@ -198,7 +208,9 @@ class Actuator:
             self.store.clear_blocks_covering(launch.offering)
             self.metrics.count_launch(launch.pool, launch.offering)
             result.launched.append(launch)
-            log.info("launched %s as %s for pool %s: %s", launch.offering, inst.cloud_id, launch.pool, launch.reason)
+            log.info(
+                "launched %s as %s for pool %s: %s", launch.offering, inst.cloud_id, launch.pool, launch.reason
+            )
 
     def _request(self, launch: Launch, policy: Policy) -> LaunchRequest:
         pool = policy.pool(launch.pool)

@@ -43,7 +43,9 @@ def read_admin_token(policy: Policy) -> str | None:
         try:
             return admin.token_file.read_text(encoding="utf-8").strip() or None
         except OSError as exc:
-            raise click.ClickException(f"cannot read the admin token file {admin.token_file}: {exc.strerror}") from None
+            raise click.ClickException(
+                f"cannot read the admin token file {admin.token_file}: {exc.strerror}"
+            ) from None
     return None
 
 
@@ -54,8 +56,12 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--policy", type=click.Path(dir_okay=False, path_type=Path), help="policy YAML (default: built-in demo)")
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="where the SQLite database lives")
+@click.option(
+    "--policy", type=click.Path(dir_okay=False, path_type=Path), help="policy YAML (default: built-in demo)"
+)
+@click.option(
+    "--state-dir", type=click.Path(file_okay=False, path_type=Path), help="where the SQLite database lives"
+)
 @click.option("--admin", "admin", metavar="HOST:PORT", help="admin API address (overrides the policy)")
 @click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 def run(policy: Path | None, state_dir: Path | None, admin: str | None, log_level: str) -> None:

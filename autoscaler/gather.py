@@ -79,7 +79,9 @@ class Gatherer:
         demand = {pool.name: combine(pool, samples.get(pool.name, []), now) for pool in policy.pools}
         report.samples = samples
         self.report = report
-        offerings = tuple(o for name in providers if name in self._offerings for o in self._offerings[name].offerings)
+        offerings = tuple(
+            o for name in providers if name in self._offerings for o in self._offerings[name].offerings
+        )
         return Snapshot(
             now=now,
             records=tuple(records),

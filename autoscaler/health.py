@@ -15,7 +15,9 @@ from autoscaler.config import Policy
 from autoscaler.lifecycle import InstanceState
 from autoscaler.model import CloudInstance, CloudState, InstanceRecord
 
-_CHECKED = frozenset({InstanceState.RUNNING, InstanceState.READY, InstanceState.UNHEALTHY, InstanceState.PROVISIONING})
+_CHECKED = frozenset(
+    {InstanceState.RUNNING, InstanceState.READY, InstanceState.UNHEALTHY, InstanceState.PROVISIONING}
+)
 
 
 class HealthChecker:
@@ -41,7 +43,9 @@ class HealthChecker:
                 continue
             hc = pool.health_check
             host = f"[{inst.address}]" if ":" in inst.address else inst.address
-            probes.append((inst.cloud_id, f"http://{host}:{hc.port}{hc.path}", hc.timeout_seconds, hc.unhealthy_after))
+            probes.append(
+                (inst.cloud_id, f"http://{host}:{hc.port}{hc.path}", hc.timeout_seconds, hc.unhealthy_after)
+            )
         if not probes:
             return {}
         with ThreadPoolExecutor(max_workers=min(self.max_workers, len(probes))) as ex:

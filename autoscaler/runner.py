@@ -42,7 +42,9 @@ class Runner:
         self._server_thread.start()
         while not self.server.started:
             if not self._server_thread.is_alive():
-                raise RuntimeError(f"the admin API could not listen on {self.server.config.host}:{self.server.config.port}")
+                raise RuntimeError(
+                    f"the admin API could not listen on {self.server.config.host}:{self.server.config.port}"
+                )
             time.sleep(0.05)
         interval = self.daemon.policy().policy.daemon.tick_seconds
         self.scheduler.add_job(

@@ -80,7 +80,10 @@ def test_blocked_offering_is_not_retried_until_the_block_expires(tmp_path: Path)
 
 
 def test_scale_in_drains_then_terminates(tmp_path: Path) -> None:
-    h = Harness.start(SYNTHETIC.replace("base: 80", "base: 80, bursts: [{after_seconds: 0, duration_seconds: 60, value: 80}]"), tmp_path)
+    h = Harness.start(
+        SYNTHETIC.replace("base: 80", "base: 80, bursts: [{after_seconds: 0, duration_seconds: 60, value: 80}]"),
+        tmp_path,
+    )
     h.run(ticks=6)
     assert sum(r.capacity_units for r in h.ready_records()) == 32
     h.run(ticks=30)  # burst over at 60 s, down-window 60 s, drain 10 s

@@ -1,0 +1,313 @@
+"""The contract every provider keeps (see autoscaler.interfaces.Provider), run over every provider.
+
+A provider joins the suite by adding a Harness factory to HARNESSES: the harness knows how to make its cloud
+run out of capacity, fail a launch, preempt an instance and "crash" after the cloud accepted a launch. A
+harness that cannot do one of these (a cloud emulator without fake time, say) leaves it raising Unsupported
+and the tests that need it are skipped for that provider only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import cast
+
+import pytest
+
+from autoscaler import config
+from autoscaler.clock import FakeClock
+from autoscaler.errors import AuthError, CapacityError, ConfigError, ProviderError, QuotaError, TransientError
+from autoscaler.interfaces import Provider
+from autoscaler.model import (
+    TAG_DAEMON,
+    TAG_INTENT,
+    TAG_POOL,
+    CloudInstance,
+    CloudState,
+    LaunchRequest,
+    LaunchTemplate,
+    Market,
+    OfferingKey,
+    Scope,
+)
+from providers.simulated import FaultKind, SimulatedProvider
+
+DAEMON = "contract-daemon"
+START = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+class Unsupported(Exception):
+    """This provider's harness cannot set up the situation a test needs."""
+
+
+class Crash(Exception):
+    """Stands for the daemon dying after the cloud accepted a launch, before the answer reached it."""
+
+
+class Harness:
+    """What the contract tests need from a provider besides the Provider protocol itself."""
+
+    name: str
+    provider: Provider
+    clock: FakeClock
+    daemon_id: str = DAEMON
+    boot_seconds: float | None = None  # None: the cloud's boot time does not follow the FakeClock
+    capacity_scope: Scope = Scope.ZONE
+    quota_scope: Scope = Scope.REGION
+
+    def offering(self, market: Market = Market.ON_DEMAND) -> OfferingKey:
+        raise NotImplementedError
+
+    def exhaust(self, key: OfferingKey) -> None:
+        """From now on the cloud has no capacity for `key`."""
+        raise Unsupported
+
+    def fault(self, kind: str, key: OfferingKey) -> None:
+        """The next launch of `key` fails with `kind` (capacity, quota, transient, auth, config)."""
+        raise Unsupported
+
+    def preempt(self, cloud_id: str) -> None:
+        raise Unsupported
+
+    def crash_after_next_accept(self) -> None:
+        """The next launch is accepted by the cloud, then the call raises Crash instead of returning."""
+        raise Unsupported
+
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+
+class SimulatedHarness(Harness):
+    name = "simulated"
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.cfg = config.SimulatedCloud(boot_seconds=20, preempt_spot_after_seconds=None)
+        self.sim = SimulatedProvider(self.cfg, clock, DAEMON)
+        self.provider = self.sim
+        self.boot_seconds = self.cfg.boot_seconds
+
+    def offering(self, market: Market = Market.ON_DEMAND) -> OfferingKey:
+        return OfferingKey("simulated", "sim-east", "sim-east-a", "sim.l4x1", market)
+
+    def exhaust(self, key: OfferingKey) -> None:
+        self.sim.set_capacity(key.instance_type, key.market, key.zone, 0)
+
+    def fault(self, kind: str, key: OfferingKey) -> None:
+        self.sim.inject_fault(
+            cast(FaultKind, kind), instance_type=key.instance_type, zone=key.zone, market=key.market
+        )
+
+    def preempt(self, cloud_id: str) -> None:
+        self.sim.preempt(cloud_id)
+
+    def crash_after_next_accept(self) -> None:
+        def crash(instance: CloudInstance) -> None:
+            self.sim.after_accept = None  # only the next launch
+            raise Crash(instance.cloud_id)
+
+        self.sim.after_accept = crash
+
+
+# A later provider adds itself here, e.g. "aws": lambda clock: MotoHarness(clock).
+HARNESSES: dict[str, Callable[[FakeClock], Harness]] = {"simulated": SimulatedHarness}
+
+
+@pytest.fixture(params=sorted(HARNESSES))
+def h(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    yield HARNESSES[request.param](FakeClock(START))
+
+
+def req(
+    h: Harness, token: str, key: OfferingKey | None = None, *, daemon_id: str | None = None, pool: str = "p1"
+) -> LaunchRequest:
+    tags = {TAG_DAEMON: daemon_id or h.daemon_id, TAG_POOL: pool, TAG_INTENT: token}
+    return LaunchRequest(token, pool, key or h.offering(), LaunchTemplate(tags={"team": "ml"}), tags)
+
+
+def listed(h: Harness) -> dict[str, CloudInstance]:
+    return {i.cloud_id: i for i in h.provider.list_instances()}
+
+
+def setup_or_skip(action: Callable[[], None]) -> None:
+    try:
+        action()
+    except Unsupported:
+        pytest.skip("this provider's harness cannot set this up")
+
+
+# ---------------------------------------------------------------- offerings
+
+
+def test_offerings_have_prices_and_gpus(h: Harness) -> None:
+    assert isinstance(h.provider, Provider)
+    offerings = h.provider.offerings()
+    assert offerings
+    for o in offerings:
+        assert o.key.cloud == h.provider.name
+        assert o.price_usd_per_hour > 0
+        assert o.gpus >= 1
+        assert o.key.region and o.key.zone and o.key.instance_type
+        assert o.price_observed_at is None or o.price_observed_at.tzinfo is not None
+    keys = [o.key for o in offerings]
+    assert len(keys) == len(set(keys)), "each offering is listed once"
+    assert h.offering() in keys
+
+
+def test_offerings_include_spot_and_on_demand(h: Harness) -> None:
+    markets = {o.key.market for o in h.provider.offerings()}
+    assert markets == {Market.SPOT, Market.ON_DEMAND}
+
+
+# ---------------------------------------------------------------- launch and list
+
+
+def test_launch_tags_the_instance_and_lists_it(h: Harness) -> None:
+    inst = h.provider.launch(req(h, "tok-1"))
+    assert inst.offering == h.offering()
+    assert inst.tags[TAG_DAEMON] == h.daemon_id
+    assert inst.pool == "p1"
+    assert inst.token == "tok-1"
+    assert inst.tags["team"] == "ml", "the template's tags are applied too"
+    assert inst.state in (CloudState.PENDING, CloudState.RUNNING)
+    assert inst.launched_at.tzinfo is not None
+    seen = listed(h)
+    assert set(seen) == {inst.cloud_id}
+    assert seen[inst.cloud_id].token == "tok-1"
+
+
+def test_launch_is_idempotent_on_the_token(h: Harness) -> None:
+    first = h.provider.launch(req(h, "tok-same"))
+    second = h.provider.launch(req(h, "tok-same"))
+    assert second.cloud_id == first.cloud_id
+    assert [i.cloud_id for i in h.provider.list_instances()] == [first.cloud_id]
+
+
+def test_different_tokens_make_different_instances(h: Harness) -> None:
+    a = h.provider.launch(req(h, "tok-a"))
+    b = h.provider.launch(req(h, "tok-b"))
+    assert a.cloud_id != b.cloud_id
+    assert set(listed(h)) == {a.cloud_id, b.cloud_id}
+
+
+def test_list_returns_only_our_instances(h: Harness) -> None:
+    ours = h.provider.launch(req(h, "tok-ours"))
+    theirs = h.provider.launch(req(h, "tok-theirs", daemon_id="another-daemon"))
+    assert theirs.cloud_id != ours.cloud_id
+    assert set(listed(h)) == {ours.cloud_id}
+
+
+def test_unknown_instance_type_is_a_config_error(h: Harness) -> None:
+    key = h.offering()
+    bad = OfferingKey(key.cloud, key.region, key.zone, "no.such-type", key.market)
+    with pytest.raises(ConfigError):
+        h.provider.launch(req(h, "tok-bad-type", bad))
+    assert listed(h) == {}
+
+
+def test_unknown_zone_is_a_config_error(h: Harness) -> None:
+    key = h.offering()
+    bad = OfferingKey(key.cloud, key.region, "no-such-zone", key.instance_type, key.market)
+    with pytest.raises(ConfigError):
+        h.provider.launch(req(h, "tok-bad-zone", bad))
+    assert listed(h) == {}
+
+
+# ---------------------------------------------------------------- terminate
+
+
+def test_terminate_is_idempotent_and_unknown_ids_succeed(h: Harness) -> None:
+    inst = h.provider.launch(req(h, "tok-t"))
+    h.provider.terminate([inst.cloud_id])
+    h.provider.terminate([inst.cloud_id])
+    h.provider.terminate(["i-does-not-exist"])
+    h.provider.terminate([])
+    state = listed(h).get(inst.cloud_id)
+    assert state is None or state.state in (CloudState.STOPPING, CloudState.TERMINATED)
+
+
+def test_terminated_instance_ends_terminated_then_vanishes(h: Harness) -> None:
+    inst = h.provider.launch(req(h, "tok-end"))
+    h.provider.terminate([inst.cloud_id])
+    h.advance(10)
+    state = listed(h).get(inst.cloud_id)
+    assert state is None or (state.state == CloudState.TERMINATED and not state.preempted)
+    h.advance(3600)
+    assert inst.cloud_id not in listed(h)
+    h.provider.terminate([inst.cloud_id])  # gone: still success
+
+
+# ---------------------------------------------------------------- typed errors
+
+
+def test_no_capacity_raises_capacity_error_with_scope(h: Harness) -> None:
+    key = h.offering(Market.SPOT)
+    setup_or_skip(lambda: h.exhaust(key))
+    with pytest.raises(CapacityError) as err:
+        h.provider.launch(req(h, "tok-cap", key))
+    assert err.value.scope == h.capacity_scope
+    assert err.value.code
+    assert listed(h) == {}
+
+
+@pytest.mark.parametrize(
+    ("kind", "error"),
+    [
+        ("capacity", CapacityError),
+        ("quota", QuotaError),
+        ("transient", TransientError),
+        ("auth", AuthError),
+        ("config", ConfigError),
+    ],
+)
+def test_launch_faults_are_typed(h: Harness, kind: str, error: type[ProviderError]) -> None:
+    key = h.offering()
+    setup_or_skip(lambda: h.fault(kind, key))
+    with pytest.raises(error) as err:
+        h.provider.launch(req(h, f"tok-{kind}", key))
+    if isinstance(err.value, CapacityError):
+        assert err.value.scope == h.capacity_scope
+    if isinstance(err.value, QuotaError):
+        assert err.value.scope == h.quota_scope
+    assert listed(h) == {}, "a refused launch makes nothing"
+    # The fault was used up: the same token succeeds on the next attempt.
+    inst = h.provider.launch(req(h, f"tok-{kind}", key))
+    assert set(listed(h)) == {inst.cloud_id}
+
+
+# ---------------------------------------------------------------- time: boot, preemption
+
+
+def test_instance_boots_after_the_boot_delay(h: Harness) -> None:
+    if h.boot_seconds is None or h.boot_seconds <= 1:
+        pytest.skip("this provider's boot time does not follow the fake clock")
+    inst = h.provider.launch(req(h, "tok-boot"))
+    assert inst.state == CloudState.PENDING
+    h.advance(h.boot_seconds - 1)
+    assert listed(h)[inst.cloud_id].state == CloudState.PENDING
+    h.advance(1)
+    assert listed(h)[inst.cloud_id].state == CloudState.RUNNING
+
+
+def test_preempted_spot_instance_shows_terminated_and_preempted(h: Harness) -> None:
+    inst = h.provider.launch(req(h, "tok-spot", h.offering(Market.SPOT)))
+    h.advance(h.boot_seconds or 0)
+    setup_or_skip(lambda: h.preempt(inst.cloud_id))
+    after = listed(h)[inst.cloud_id]
+    assert after.state == CloudState.TERMINATED
+    assert after.preempted
+    h.provider.terminate([inst.cloud_id])  # terminating a preempted instance is fine
+
+
+# ---------------------------------------------------------------- crash between accept and answer
+
+
+def test_retry_after_crash_returns_the_instance_the_cloud_made(h: Harness) -> None:
+    setup_or_skip(h.crash_after_next_accept)
+    with pytest.raises(Crash):
+        h.provider.launch(req(h, "tok-crash"))
+    made = list(h.provider.list_instances())
+    assert len(made) == 1 and made[0].token == "tok-crash", "the cloud made it although we never heard back"
+    again = h.provider.launch(req(h, "tok-crash"))
+    assert again.cloud_id == made[0].cloud_id
+    assert [i.cloud_id for i in h.provider.list_instances()] == [again.cloud_id]
