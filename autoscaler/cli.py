@@ -73,6 +73,7 @@ def run(policy: Path | None, state_dir: Path | None, admin: str | None, log_leve
     from providers import build_providers
 
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every run of the tick job at INFO
     loaded = _load(policy)
     settings = loaded.policy.daemon
     listen = admin or settings.admin.listen
@@ -145,3 +146,7 @@ def explain(pool: str, base_url: str) -> None:
 
 def _url(base: str) -> str:
     return base if "://" in base else f"http://{base}"
+
+
+if __name__ == "__main__":
+    main()

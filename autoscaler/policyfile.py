@@ -163,7 +163,7 @@ def _message(err: Any) -> str:
     if kind == "missing":
         return "required field is missing"
     msg = str(err["msg"])
-    if kind == "union_tag_invalid" or kind == "literal_error":
+    if kind == "union_tag_invalid":
         return msg
     if "input" in err and not isinstance(err["input"], dict | list):
         return f"{msg} (got {err['input']!r})"
