@@ -3,6 +3,7 @@ reload endpoint, and SIGTERM. Talks only to 127.0.0.1."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -57,6 +58,7 @@ class Daemon:
         return self.proc.wait(timeout=20)
 
 
+@contextlib.contextmanager
 def start(tmp_path: Path, *args: str) -> Iterator[Daemon]:
     port = free_port()
     log = tmp_path / "daemon.log"
@@ -81,7 +83,7 @@ def value(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
 
 
 def test_default_run_scales_up_falls_back_blocks_and_explains_within_a_minute(tmp_path: Path) -> None:
-    for d in start(tmp_path):
+    with start(tmp_path) as d:
         started = time.monotonic()
 
         def fallen_back() -> bool:
@@ -128,7 +130,7 @@ pools:
 def test_sighup_and_reload_endpoint_keep_the_last_good_policy(tmp_path: Path) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text(GOOD)
-    for d in start(tmp_path, "--policy", str(policy)):
+    with start(tmp_path, "--policy", str(policy)) as d:
         d.wait_until("ready", lambda: httpx.get(f"{d.url}/readyz", timeout=5).status_code == 200)
         sha = httpx.get(f"{d.url}/v1/policy", timeout=5).json()["sha256"]
 
