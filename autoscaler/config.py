@@ -65,6 +65,9 @@ class DaemonSettings(Strict):
     launch_retry_seconds: PositiveFloat = Field(
         60.0, description="how long a requested launch may stay unseen before it is retried with its token"
     )
+    history_retention_days: PositiveFloat = Field(
+        14.0, description="decisions, capacity events and ended instances older than this are pruned hourly"
+    )
     admin: AdminSettings = AdminSettings()
     limits: Limits = Limits()
 

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from autoscaler.actuate import Actuator
@@ -29,6 +30,7 @@ from autoscaler.store import Store
 log = logging.getLogger(__name__)
 
 ProviderFactory = Callable[[Policy], dict[str, Provider]]
+PRUNE_EVERY = timedelta(hours=1)
 
 
 class Daemon:
@@ -64,6 +66,7 @@ class Daemon:
         self._scaling_state: dict[str, ScalingState] = store.load_scaling_state()
         self.gatherer = Gatherer(store, clock, max_workers=loaded.policy.daemon.max_parallel_cloud_calls)
         self.last_plan: Plan | None = None
+        self._last_prune: datetime | None = None
         self.last_tick_finished: float | None = None  # monotonic seconds
         self.last_tick_error: str = ""
         self.on_policy_change: Callable[[Policy], None] | None = None
@@ -176,10 +179,21 @@ class Daemon:
             duration = time.perf_counter() - started
             self.metrics.observe_tick(self._final_snapshot(snapshot), plan, duration)
             self.metrics.set_blocks(self.store.blocks(now=self.clock.now()), self.clock.now())
+            self._prune_now_and_then(policy)
             self.last_plan = plan
             self.last_tick_finished = time.monotonic()
             self.last_tick_error = ""
             return plan
+
+    def _prune_now_and_then(self, policy: Policy) -> None:
+        """Once an hour, drop history past the retention period, so the database stays bounded."""
+        now = self.clock.now()
+        if self._last_prune is not None and now - self._last_prune < PRUNE_EVERY:
+            return
+        self._last_prune = now
+        counts = self.store.prune(now - timedelta(days=policy.daemon.history_retention_days))
+        if any(counts.values()):
+            log.info("pruned history older than %g days: %s", policy.daemon.history_retention_days, counts)
 
     def run_tick(self) -> None:
         """The scheduler's job: one tick, and whatever happens, the loop goes on."""

@@ -7,13 +7,14 @@ can be pointed back at the exact place in the file.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from autoscaler.config import Policy, semantic_errors
 
@@ -134,10 +135,10 @@ def parse_policy(text: str, name: str) -> LoadedPolicy:
         policy = Policy.model_validate(data)
     except ValidationError as exc:
         issues = []
-        for err in exc.errors(include_url=False):
+        for err, message in _explained(exc.errors(include_url=False)):
             loc: Loc = tuple(err["loc"])
             line, col = builder.mark_for(loc)
-            issues.append(PolicyIssue(name, line, col, format_loc(_strip_tags(loc, builder)), _message(err)))
+            issues.append(PolicyIssue(name, line, col, format_loc(_strip_tags(loc, builder)), message))
         raise PolicyError(sorted(issues, key=lambda i: (i.line, i.column))) from None
     semantic = semantic_errors(policy)
     if semantic:
@@ -156,13 +157,64 @@ def _strip_tags(loc: Loc, builder: _Builder) -> Loc:
     return out
 
 
+def _explained(errors: list[Any]) -> list[tuple[Any, str]]:
+    """Each error with its message. A misspelt required key gives pydantic two errors (unknown key, missing
+    field) for one mistake: they become one line, "unknown key 'x': did you mean 'y'?"."""
+    missing = {tuple(e["loc"]): e for e in errors if e["type"] == "missing"}
+    merged: set[Loc] = set()
+    out: list[tuple[Any, str]] = []
+    for err in errors:
+        if err["type"] != "extra_forbidden":
+            continue
+        loc = tuple(err["loc"])
+        key = str(loc[-1])
+        siblings = {str(m[-1]): m for m in missing if m[:-1] == loc[:-1]}
+        close = difflib.get_close_matches(key, list(siblings), n=1, cutoff=0.6)
+        if close:
+            merged.add(siblings[close[0]])
+        else:
+            close = difflib.get_close_matches(key, _fields_at(loc), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else "check the spelling; see `gpu-autoscaler schema`"
+        out.append((err, f"unknown key {key!r}: {hint}"))
+    out.extend(
+        (e, _message(e)) for e in errors if e["type"] != "extra_forbidden" and tuple(e["loc"]) not in merged
+    )
+    return out
+
+
+def _fields_at(loc: Loc) -> list[str]:
+    """The keys allowed in the mapping that holds `loc`, walking the models along the path (list indexes, dict
+    keys and discriminated-union tags are stepped over)."""
+    models: list[type[BaseModel]] = [Policy]
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        owners = [m for m in models if part in m.model_fields]
+        if owners:
+            models = [sub for m in owners for sub in _models_in(m.model_fields[part].annotation)]
+            continue
+        tagged = [
+            m for m in models if "type" in m.model_fields and part in get_args(m.model_fields["type"].annotation)
+        ]
+        if tagged:
+            models = tagged
+        # otherwise `part` is a dict key (an instance type's name): the models stay
+    return sorted({name for m in models for name in m.model_fields})
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
 def _message(err: Any) -> str:
     kind = err["type"]
-    if kind == "extra_forbidden":
-        return "unknown key (check the spelling; see `gpu-autoscaler schema`)"
     if kind == "missing":
         return "required field is missing"
     msg = str(err["msg"])
+    if kind == "union_tag_not_found":
+        return f"{err['ctx']['discriminator']} is missing: it says which kind of entry this is"
     if kind == "union_tag_invalid":
         return msg
     if "input" in err and not isinstance(err["input"], dict | list):

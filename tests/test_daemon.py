@@ -3,6 +3,7 @@ reload, and a loop that survives cloud errors."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from autoscaler.errors import TransientError
@@ -144,3 +145,14 @@ def test_reload_keeps_the_last_good_policy(tmp_path: Path) -> None:
     assert h.store.decisions(pool="llm", limit=1)[0].decision.desired == 8
     revisions = h.store.policy_revisions(limit=10)
     assert [r.accepted for r in revisions][:2] == [True, False]
+
+
+def test_history_is_pruned_so_the_database_stays_bounded(tmp_path: Path) -> None:
+    policy = SYNTHETIC.replace("daemon: {id: t, tick_seconds: 5}", "daemon: {id: t, history_retention_days: 0.01}")
+    h = Harness.start(policy, tmp_path)  # 0.01 days = 864 s of history
+    h.run(ticks=400, seconds=30)  # 200 minutes: pruned at 0, 60, 120, 180 minutes
+    kept = h.store.decisions(pool="llm", limit=500)
+    assert 29 <= len(kept) <= 29 + 120, len(kept)  # 864 s of 30 s ticks, plus up to an hour since the last prune
+    oldest = min(d.at for d in kept)
+    assert h.clock.now() - oldest <= timedelta(seconds=864 + 3600 + 30)
+    assert h.ready_records(), "pruning never touches live instances"

@@ -656,3 +656,33 @@ def test_sqlite_file_store_creates_its_directory_and_uses_wal(tmp_path: Path) ->
     assert path.exists()
     with sqlite3.connect(path) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # persistent in the file
+
+
+# ---- retention ----
+
+
+def test_prune_drops_old_history_and_keeps_what_still_matters(store: Store) -> None:
+    old, recent = T0, T0 + timedelta(days=30)
+    store.add_instance(make_record("ended-old", state=S.TERMINATED, created_at=old), "gone", old)
+    store.add_instance(make_record("live-old", state=S.READY, created_at=old), "serving", old)
+    store.add_instance(make_record("ended-new", state=S.TERMINATED, created_at=recent), "gone", recent)
+    store.record_capacity_event(failure(), old)
+    store.record_capacity_event(failure(KEY_B), recent)
+    store.record_decisions(old, {"llm": decision("llm", 1.0)})
+    store.record_decisions(recent, {"llm": decision("llm", 2.0)})
+    store.record_policy_revision(at=old, sha256="a" * 64, source="p", text="1", accepted=True)
+    store.record_policy_revision(at=old, sha256="b" * 64, source="p", text="2", accepted=True)
+    store.record_policy_revision(at=old, sha256="", source="p", text="3", accepted=False, error="bad")
+
+    counts = store.prune(recent - timedelta(days=1))
+
+    assert counts == {"decisions": 1, "capacity_events": 1, "instances": 1, "policy_revisions": 1}
+    assert store.get_instance("ended-old") is None and store.history("ended-old") == []
+    assert store.get_instance("live-old") is not None, "a live instance is never pruned, however old"
+    assert store.get_instance("ended-new") is not None
+    assert [e.offering for e in store.capacity_events()] == [KEY_B]
+    assert len(store.blocks()) == 2, "blocks keep their failure counts"
+    assert [d.decision.desired for d in store.decisions()] == [2.0]
+    # the revision in force (newest accepted) and the rejected one after it stay
+    assert [r.text for r in store.policy_revisions()] == ["3", "2"]
+    assert store.prune(recent - timedelta(days=1)) == dict.fromkeys(counts, 0)

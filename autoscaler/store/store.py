@@ -318,6 +318,43 @@ class Store:
         with self._reading() as session:
             return [convert.policy_revision(row) for row in session.scalars(query)]
 
+    # ---- retention ----
+
+    def prune(self, before: datetime) -> dict[str, int]:
+        """Delete history older than `before`: decisions, capacity events, ended instances (with their history)
+        and superseded policy revisions. Live instances, blocks (their failure counts still matter), controls,
+        prices and the policy revision in force are never pruned. Returns rows deleted per table."""
+        before = as_utc(before)
+        ended = [str(s) for s in FINAL_STATES]
+        in_force = (
+            select(PolicyRevisionTable.id)
+            .where(PolicyRevisionTable.accepted.is_(True))
+            .order_by(PolicyRevisionTable.id.desc())
+            .limit(1)
+        )
+        old_instances = select(InstanceTable.token).where(
+            InstanceTable.state.in_(ended), InstanceTable.state_since < before
+        )
+        counts: dict[str, int] = {}
+        with self._writing() as session:
+            conn = session.connection()
+            counts["decisions"] = conn.execute(delete(DecisionTable).where(DecisionTable.at < before)).rowcount
+            counts["capacity_events"] = conn.execute(
+                delete(CapacityEventTable).where(CapacityEventTable.at < before)
+            ).rowcount
+            conn.execute(delete(InstanceHistoryTable).where(InstanceHistoryTable.token.in_(old_instances)))
+            counts["instances"] = conn.execute(
+                delete(InstanceTable).where(InstanceTable.state.in_(ended), InstanceTable.state_since < before)
+            ).rowcount
+            # The revision in force (the newest accepted) and everything after it stay.
+            keep_from = conn.execute(in_force).scalar_one_or_none()
+            counts["policy_revisions"] = conn.execute(
+                delete(PolicyRevisionTable).where(
+                    PolicyRevisionTable.at < before, PolicyRevisionTable.id < (keep_from or 0)
+                )
+            ).rowcount
+        return counts
+
 
 def _extend_block(session: Session, event: CapacityEvent, at: datetime) -> Block:
     """Read the scope's block under a row lock, compute its successor with capacity.record_failure, write it."""
