@@ -35,6 +35,7 @@ from autoscaler.model import (
     LaunchRequest,
     LaunchTemplate,
     Plan,
+    Scope,
     Terminate,
     Transition,
 )
@@ -50,7 +51,7 @@ CRASH_POINTS = ("before_intent", "after_intent", "after_requested", "after_answe
 @dataclass
 class ActuationResult:
     launched: list[Launch] = field(default_factory=list)
-    capacity_failures: list[tuple[Launch, ProviderError]] = field(default_factory=list)
+    refused: list[tuple[Launch, ProviderError]] = field(default_factory=list)  # each one blocked its offering
     errors: list[str] = field(default_factory=list)
 
 
@@ -182,17 +183,17 @@ class Actuator:
             return
         try:
             inst = provider.launch(self._request(launch, policy))
-        except (CapacityError, QuotaError) as exc:
-            kind = FailureKind.CAPACITY if isinstance(exc, CapacityError) else FailureKind.QUOTA
+        except (CapacityError, QuotaError, AuthError, ConfigError) as exc:
+            # The offering will not work for a while: block it at the error's scope (so placement moves on to
+            # the next candidate, in this very tick) and let the backoff decide when to try it again. Auth and
+            # configuration errors block the whole cloud's offering: no zone will take a request that is wrong.
+            kind, scope = _failure_of(exc)
             self._transition(launch.token, S.LAUNCH_FAILED, f"{kind}: {exc}", None, result)
-            self._record_failure(CapacityEvent(launch.offering, exc.scope, kind, str(exc), launch.pool))
-            result.capacity_failures.append((launch, exc))
-            return
-        except (AuthError, ConfigError) as exc:
-            # Retrying will not help until an operator acts; the log and the decision say so.
-            self._transition(launch.token, S.LAUNCH_FAILED, f"{type(exc).__name__}: {exc}", None, result)
-            result.errors.append(f"launch {launch.offering}: {exc}")
-            log.error("launch of %s refused: %s", launch.offering, exc)
+            self._record_failure(CapacityEvent(launch.offering, scope, kind, str(exc), launch.pool))
+            result.refused.append((launch, exc))
+            if kind in (FailureKind.AUTH, FailureKind.CONFIG):
+                result.errors.append(f"launch {launch.offering}: {exc}")
+                log.error("launch of %s refused (%s), an operator must act: %s", launch.offering, kind, exc)
             return
         except ProviderError as exc:
             result.errors.append(f"launch {launch.offering}: {exc}")
@@ -226,6 +227,14 @@ class Actuator:
     def _crash(self, point: str, launch: Launch) -> None:
         if self.crash_hook is not None:
             self.crash_hook(point, launch)
+
+
+def _failure_of(exc: CapacityError | QuotaError | AuthError | ConfigError) -> tuple[FailureKind, Scope]:
+    if isinstance(exc, CapacityError):
+        return FailureKind.CAPACITY, exc.scope
+    if isinstance(exc, QuotaError):
+        return FailureKind.QUOTA, exc.scope
+    return (FailureKind.AUTH if isinstance(exc, AuthError) else FailureKind.CONFIG), Scope.CLOUD
 
 
 def _record(launch: Launch, now: datetime) -> InstanceRecord:

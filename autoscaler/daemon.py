@@ -160,10 +160,11 @@ class Daemon:
             plan = reconcile(snapshot, policy)
             result = actuator.apply(plan, policy)
             decisions = dict(plan.decisions)
-            # Capacity errors: re-place at once, within this tick, with the new blocks in view. Only new launches
-            # are taken from these rounds; everything else waits for the next tick's fresh observation.
+            # Refused launches (each blocked its offering): re-place at once, within this tick, with the new blocks
+            # in view. Only new launches are taken from these rounds; everything else waits for the next tick's
+            # fresh observation.
             for round_no in range(1, policy.daemon.fallback_rounds + 1):
-                if not result.capacity_failures:
+                if not result.refused:
                     break
                 again = self._refreshed(snapshot, f"{name}/r{round_no}")
                 fallback = reconcile(again, policy)

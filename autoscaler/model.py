@@ -29,9 +29,13 @@ class Scope(enum.StrEnum):
 
 
 class FailureKind(enum.StrEnum):
-    CAPACITY = "capacity"
-    QUOTA = "quota"
-    PREEMPTION = "preemption"
+    """Why an offering was blocked in capacity memory."""
+
+    CAPACITY = "capacity"  # stockout
+    QUOTA = "quota"  # an account limit
+    PREEMPTION = "preemption"  # a spot instance was taken back
+    CONFIG = "config"  # the cloud refused the request itself (bad image, unknown type): an operator must act
+    AUTH = "auth"  # credentials missing or refused: an operator must act
 
 
 @dataclass(frozen=True, order=True)

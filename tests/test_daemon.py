@@ -156,3 +156,23 @@ def test_history_is_pruned_so_the_database_stays_bounded(tmp_path: Path) -> None
     oldest = min(d.at for d in kept)
     assert h.clock.now() - oldest <= timedelta(seconds=864 + 3600 + 30)
     assert h.ready_records(), "pruning never touches live instances"
+
+
+def test_a_refused_request_blocks_the_offering_and_falls_back_in_the_same_tick(tmp_path: Path) -> None:
+    """A bad image (config error) on the preferred offering must not stall the pool: block it, use the next."""
+    policy = SYNTHETIC.replace(
+        "    boot_seconds: 10\n",
+        "    boot_seconds: 10\n    faults: [{instance_type: sim.a100x8, market: spot, error: config, times: 100}]\n",
+    )
+    h = Harness.start(policy, tmp_path)
+    plan = h.daemon.tick()
+    chosen = plan.decisions["llm"].chosen
+    assert any("fallback round" in c and "sim.a100x8/on-demand" in c for c in chosen), chosen
+    blocks = {
+        (b.instance_type, str(b.market), str(b.scope), str(b.kind)) for b in h.store.blocks(now=h.clock.now())
+    }
+    assert ("sim.a100x8", "spot", "cloud", "config") in blocks
+    launches = h.cloud.calls["launch"]
+    h.run(ticks=6)
+    assert sum(r.capacity_units for r in h.ready_records()) == 16
+    assert h.cloud.calls["launch"] == launches, "the refused offering is not asked again while blocked"
