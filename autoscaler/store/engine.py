@@ -64,6 +64,9 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA foreign_keys = ON")
         # WAL: readers (the admin API) never block the loop's writes, and the loop's writes never block them.
         cursor.execute("PRAGMA journal_mode = WAL")
+        # NORMAL under WAL: a commit survives the daemon's crash (the case crash safety is about); only a power
+        # loss can drop the last commits, and those instances are found again by their tags and adopted.
+        cursor.execute("PRAGMA synchronous = NORMAL")
     finally:
         cursor.close()
 
