@@ -11,12 +11,14 @@ adopted. A failed call is never retried here: the retry is the next tick.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from autoscaler import capacity
 from autoscaler.config import Policy
 from autoscaler.errors import AuthError, CapacityError, ConfigError, NotFound, ProviderError, QuotaError
 from autoscaler.interfaces import Clock, Provider
@@ -73,6 +75,10 @@ class Actuator:
         self.daemon_id = daemon_id
         self.max_workers = max_workers
         self.crash_hook = crash_hook
+        # Scopes already blocked by this Actuator (one per tick): several launches refused at the same moment are
+        # one failure of the offering, not several, so they must not climb the backoff ladder by themselves.
+        self._failed_scopes: set[tuple[str, ...]] = set()
+        self._failed_lock = threading.Lock()
 
     def apply(self, plan: Plan, policy: Policy) -> ActuationResult:
         result = ActuationResult()
@@ -90,8 +96,13 @@ class Actuator:
     # ------------------------------------------------------------------ store-only steps
 
     def _record_failure(self, event: CapacityEvent) -> None:
-        block = self.store.record_capacity_event(event, self.clock.now())
         self.metrics.count_capacity_error(event.offering, event.kind)
+        scope = capacity.scope_key(event.offering, event.scope)
+        with self._failed_lock:
+            if scope in self._failed_scopes:
+                return
+            self._failed_scopes.add(scope)
+        block = self.store.record_capacity_event(event, self.clock.now())
         log.warning(
             "capacity memory: %s blocked until %s: %s", block.describe(), block.until.isoformat(), event.message
         )
@@ -204,6 +215,11 @@ class Actuator:
             log.exception("unexpected error launching %s", launch.offering)
             return
         self._crash("after_answer", launch)
+        if inst.state in (CloudState.STOPPING, CloudState.TERMINATED):
+            # A retried launch whose instance has already ended (preempted before we heard of it).
+            why = f"the cloud answered with an ended instance: {inst.state_reason or inst.state}"
+            self._transition(launch.token, S.TERMINATED, why, inst.cloud_id, result)
+            return
         to = S.RUNNING if inst.state == CloudState.RUNNING else S.PROVISIONING
         if self._transition(launch.token, to, f"the cloud accepted: {inst.cloud_id}", inst.cloud_id, result):
             self.store.clear_blocks_covering(launch.offering)

@@ -64,6 +64,7 @@ class Daemon:
         self._providers: dict[str, Provider] = provider_factory(loaded.policy)
         self._sources = self._build_sources(loaded.policy)
         self._scaling_state: dict[str, ScalingState] = store.load_scaling_state()
+        self._missing_since: dict[str, datetime] = {}  # see Snapshot.missing_since; a restart starts afresh
         self.gatherer = Gatherer(store, clock, max_workers=loaded.policy.daemon.max_parallel_cloud_calls)
         self.last_plan: Plan | None = None
         self._last_prune: datetime | None = None
@@ -94,6 +95,17 @@ class Daemon:
             )
             log.error("policy reload rejected, the last good policy stays in force:\n%s", exc)
             return False, str(exc)
+        stranded = self._stranded_clouds(new.policy)
+        if stranded:
+            error = (
+                f"{self.policy_path}: the new policy drops cloud(s) that still have live instances: {stranded}; "
+                "remove their candidates first, let those instances drain, then remove the cloud"
+            )
+            self.store.record_policy_revision(
+                at=now, sha256=new.sha256, source=new.source, text=new.text, accepted=False, error=error
+            )
+            log.error("policy reload rejected, the last good policy stays in force: %s", error)
+            return False, error
         with self._lock:
             old = self._loaded
             if new.sha256 == old.sha256:
@@ -110,6 +122,16 @@ class Daemon:
         if self.on_policy_change is not None:
             self.on_policy_change(new.policy)
         return True, f"policy reloaded from {new.source}"
+
+    def _stranded_clouds(self, policy: Policy) -> str:
+        """Clouds with live records that `policy` no longer enables: without their provider the daemon could
+        neither see nor terminate those instances."""
+        enabled = policy.clouds.enabled()
+        counts: dict[str, int] = {}
+        for rec in self.store.instances(live_only=True):
+            if rec.offering.cloud not in enabled:
+                counts[rec.offering.cloud] = counts.get(rec.offering.cloud, 0) + 1
+        return ", ".join(f"{cloud} ({n} live)" for cloud, n in sorted(counts.items()))
 
     def health(self) -> tuple[bool, str]:
         interval = self.policy().policy.daemon.tick_seconds
@@ -156,7 +178,9 @@ class Daemon:
             )
             now = self.clock.now()
             name = f"{policy.daemon.id}/{self.incarnation}/{now.isoformat()}"
-            snapshot = self.gatherer.gather(policy, providers, sources, self._scaling_state, f"{name}/r0")
+            snapshot = self.gatherer.gather(
+                policy, providers, sources, self._scaling_state, self._missing_since, f"{name}/r0"
+            )
             plan = reconcile(snapshot, policy)
             result = actuator.apply(plan, policy)
             decisions = dict(plan.decisions)
@@ -174,6 +198,7 @@ class Daemon:
                 result = actuator.apply(replace(fallback, intents=launches, capacity_events=()), policy)
                 decisions = _merge_decisions(decisions, fallback.decisions, {i.pool for i in launches}, round_no)
             self._scaling_state = dict(plan.scaling_state)
+            self._missing_since = dict(plan.missing_since)
             self.store.save_scaling_state(plan.scaling_state)
             self.store.record_decisions(now, decisions)
             plan = replace(plan, decisions=decisions)

@@ -63,6 +63,7 @@ class Gatherer:
         providers: Mapping[str, Provider],
         sources: Mapping[str, Sequence[MetricSource]],
         scaling_state: Mapping[str, ScalingState],
+        missing_since: Mapping[str, datetime],
         tick: str,
     ) -> Snapshot:
         now = self.clock.now()
@@ -92,6 +93,7 @@ class Gatherer:
             scaling_state=dict(scaling_state),
             controls=self.store.controls(),
             health=health,
+            missing_since=dict(missing_since),
             tick=tick,
         )
 

@@ -78,7 +78,10 @@ TRANSITIONS: dict[tuple[InstanceState, InstanceState], Edge] = {
     (S.REQUESTED, S.TERMINATING): DEC,
     (S.PENDING, S.TERMINATING): DEC,
     (S.TERMINATING, S.TERMINATED): OBS,
-    # A live instance that the cloud says is gone (preempted, vanished, killed by hand).
+    # A live instance that the cloud says is gone (preempted, vanished, killed by hand). PENDING and REQUESTED
+    # too: the answer to a launch was lost, and the instance had already ended when we found it by its tag.
+    (S.PENDING, S.TERMINATED): OBS,
+    (S.REQUESTED, S.TERMINATED): OBS,
     (S.PROVISIONING, S.TERMINATED): OBS,
     (S.RUNNING, S.TERMINATED): OBS,
     (S.READY, S.TERMINATED): OBS,

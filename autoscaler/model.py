@@ -36,6 +36,7 @@ class FailureKind(enum.StrEnum):
     PREEMPTION = "preemption"  # a spot instance was taken back
     CONFIG = "config"  # the cloud refused the request itself (bad image, unknown type): an operator must act
     AUTH = "auth"  # credentials missing or refused: an operator must act
+    UNRESPONSIVE = "unresponsive"  # launches kept failing transiently (throttling, timeouts, 5xx)
 
 
 @dataclass(frozen=True, order=True)
@@ -243,6 +244,9 @@ class Snapshot:
     scaling_state: Mapping[str, ScalingState]
     controls: Mapping[str, PoolControl]
     health: Mapping[str, bool] = field(default_factory=dict)  # cloud_id -> health check passed
+    # token -> when its instance was first missing from a listing that succeeded (a listing may lag or miss an
+    # instance once: a record is taken for lost only after it has been missing for a while)
+    missing_since: Mapping[str, datetime] = field(default_factory=dict)
     tick: str = ""  # names this tick (and fallback round): launch tokens are derived from it
 
 
@@ -283,8 +287,10 @@ class Transition:
 
 @dataclass(frozen=True)
 class Adopt:
-    """A tagged cloud instance with no record, taken into the books."""
+    """A tagged cloud instance with no record, taken into the books under a new token (not the instance's intent
+    tag: that token may name a record that already ended, e.g. a launch we took for failed)."""
 
+    token: str
     pool: str
     instance: CloudInstance
     capacity_units: float
@@ -292,12 +298,6 @@ class Adopt:
     price_usd_per_hour: float
     state: InstanceState
     reason: str
-
-    @property
-    def token(self) -> str:
-        # Not the instance's intent tag: that token may already name a record that ended (a launch we thought
-        # failed). The cloud id is unique, so adoption is idempotent too.
-        return f"adopted-{self.instance.offering.cloud}-{self.instance.cloud_id}"
 
     def record(self, now: datetime) -> InstanceRecord:
         return InstanceRecord(
@@ -357,6 +357,7 @@ class Plan:
     decisions: Mapping[str, PoolDecision]
     scaling_state: Mapping[str, ScalingState]
     capacity_events: tuple[CapacityEvent, ...] = ()
+    missing_since: Mapping[str, datetime] = field(default_factory=dict)
 
     def of_type(self, kind: type[_I]) -> list[_I]:
         return [i for i in self.intents if isinstance(i, kind)]

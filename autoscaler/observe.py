@@ -8,9 +8,10 @@ The cloud listing is the truth of existence; a cloud whose listing failed this t
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from autoscaler.config import Policy, Pool
 from autoscaler.lifecycle import InstanceState, can_transition
@@ -35,6 +36,7 @@ from autoscaler.model import (
 S = InstanceState
 # How often a TERMINATING instance the cloud still shows gets its (idempotent) terminate call again.
 TERMINATE_RETRY = timedelta(seconds=30)
+_ADOPT_NAMESPACE = uuid.UUID("0d3c6f1e-54a6-4f7e-9a55-7f4f0f6b1c2d")
 
 
 @dataclass
@@ -43,11 +45,17 @@ class Observation:
     events: list[CapacityEvent] = field(default_factory=list)
     # every live record as it stands after the observed transitions (records that ended are dropped)
     fleet: dict[str, InstanceRecord] = field(default_factory=dict)
+    missing_since: dict[str, datetime] = field(default_factory=dict)
 
     def move(
-        self, rec: InstanceRecord, to: InstanceState, reason: str, cloud_id: str | None = None
+        self,
+        rec: InstanceRecord,
+        to: InstanceState,
+        reason: str,
+        cloud_id: str | None = None,
+        observed: bool = True,
     ) -> InstanceRecord:
-        self.intents.append(Transition(rec.token, to, reason, observed=True, cloud_id=cloud_id))
+        self.intents.append(Transition(rec.token, to, reason, observed=observed, cloud_id=cloud_id))
         moved = replace(rec, state=to, reason=reason, cloud_id=cloud_id or rec.cloud_id)
         if to.live:
             self.fleet[rec.token] = moved
@@ -79,7 +87,7 @@ def observe(snapshot: Snapshot, policy: Policy, retry_after: timedelta) -> Obser
         for rec in [r for r in obs.fleet.values() if r.offering.cloud == cloud]:
             inst = by_id.get(rec.cloud_id) if rec.cloud_id else by_token.get(rec.token)
             if inst is None:
-                _missing(obs, rec, snapshot, retry_after)
+                _missing(obs, rec, snapshot, policy, retry_after)
                 continue
             matched.add(inst.cloud_id)
             if (
@@ -92,6 +100,11 @@ def observe(snapshot: Snapshot, policy: Policy, retry_after: timedelta) -> Obser
         for inst in listed:
             if inst.cloud_id not in matched:
                 _untracked(obs, inst, policy, offerings, snapshot)
+    # A cloud that could not be listed this tick proves nothing either way: its records keep their marks.
+    for token, since in snapshot.missing_since.items():
+        kept = obs.fleet.get(token)
+        if kept is not None and kept.offering.cloud not in snapshot.cloud_instances:
+            obs.missing_since[token] = since
     return obs
 
 
@@ -125,31 +138,58 @@ def _follow(obs: Observation, rec: InstanceRecord, inst: CloudInstance, snap: Sn
         obs.move(rec, S.READY, "health check passing again")
 
 
-def _missing(obs: Observation, rec: InstanceRecord, snap: Snapshot, retry_after: timedelta) -> None:
-    """The cloud does not list the record's instance."""
-    age = snap.now - rec.state_since
+def _missing(
+    obs: Observation, rec: InstanceRecord, snap: Snapshot, policy: Policy, retry_after: timedelta
+) -> None:
+    """The cloud (whose listing succeeded) does not list the record's instance."""
     if rec.state in (S.PENDING, S.REQUESTED):
-        # Never reached the cloud, or its answer was lost (a crash, a timeout). The launch is idempotent on the
-        # token, so asking again yields the instance the cloud may already have made, never a second one.
-        obs.intents.append(
-            Launch(
-                rec.token,
-                rec.pool,
-                rec.offering,
-                rec.capacity_units,
-                rec.gpus,
-                rec.price_usd_per_hour,
-                f"launch not seen in the cloud after {age.total_seconds():.0f}s: asking again with its token",
-                retry=True,
-            )
-        )
+        _unanswered(obs, rec, snap, policy, retry_after)
         return
-    if rec.state == S.PROVISIONING and age < retry_after:
-        return  # just launched: a listing may lag behind the launch answer
     if rec.state == S.TERMINATING:
         obs.move(rec, S.TERMINATED, "gone from the cloud")
         return
-    _lost(obs, rec, "vanished from the cloud listing", None)
+    # A listing may lag behind a launch's answer, or miss an instance once (eventual consistency, a short page):
+    # the instance is taken for lost only after it has been missing for `retry_after`.
+    since = snap.missing_since.get(rec.token, snap.now)
+    if snap.now - since < retry_after:
+        obs.missing_since[rec.token] = since
+        return
+    _lost(obs, rec, f"missing from the cloud listing for {(snap.now - since).total_seconds():.0f}s", None)
+
+
+def _unanswered(
+    obs: Observation, rec: InstanceRecord, snap: Snapshot, policy: Policy, retry_after: timedelta
+) -> None:
+    """A launch that was decided, maybe sent, but whose instance the cloud does not list."""
+    pool = policy.pool(rec.pool)
+    since = snap.missing_since.get(rec.token, snap.now)
+    waited = snap.now - since
+    if pool is None or waited >= retry_after:
+        # Give it up. Should the cloud have made the instance after all, it carries our tags, so a later tick
+        # finds it untracked and adopts or terminates it: nothing leaks.
+        if pool is None:
+            obs.move(rec, S.CANCELLED, "launch given up: its pool was removed from the policy", observed=False)
+            return
+        why = f"the cloud did not make it in {waited.total_seconds():.0f}s of retries"
+        obs.move(rec, S.CANCELLED, f"launch given up: {why}", observed=False)
+        # The offering failed to answer: block it like a stockout, so placement tries the next one.
+        obs.events.append(CapacityEvent(rec.offering, Scope.ZONE, FailureKind.UNRESPONSIVE, why, rec.pool))
+        return
+    # Never reached the cloud, or its answer was lost (a crash, a timeout, a transient error). The launch is
+    # idempotent on the token: asking again yields the instance the cloud may already have made, never a second.
+    obs.missing_since[rec.token] = since
+    obs.intents.append(
+        Launch(
+            rec.token,
+            rec.pool,
+            rec.offering,
+            rec.capacity_units,
+            rec.gpus,
+            rec.price_usd_per_hour,
+            f"launch not seen in the cloud for {waited.total_seconds():.0f}s: asking again with its token",
+            retry=True,
+        )
+    )
 
 
 def _lost(obs: Observation, rec: InstanceRecord, why: str, cloud_id: str | None) -> None:
@@ -161,6 +201,12 @@ def _lost(obs: Observation, rec: InstanceRecord, why: str, cloud_id: str | None)
         obs.events.append(
             CapacityEvent(rec.offering, Scope.ZONE, FailureKind.PREEMPTION, f"spot instance lost: {why}", rec.pool)
         )
+
+
+def adopt_token(tick: str, cloud: str, cloud_id: str) -> str:
+    # Fixed by the tick, so reconcile stays replayable; new for every adoption, so an instance adopted again
+    # after its record ended never collides with that record.
+    return f"adopted-{uuid.uuid5(_ADOPT_NAMESPACE, f'{tick}/{cloud}/{cloud_id}')}"
 
 
 def _untracked(
@@ -175,22 +221,42 @@ def _untracked(
         return
     pool = policy.pool(inst.pool or "")
     cand = candidate_for(pool, inst.offering) if pool else None
-    offering = offerings.get(inst.offering)
-    if pool is None or cand is None or offering is None:
+    if pool is None or cand is None:
         why = "its pool is not in the policy" if pool is None else "its offering is not a candidate of its pool"
         obs.intents.append(
             Terminate(None, inst.pool, inst.offering.cloud, inst.cloud_id, f"untracked instance: {why}")
         )
         return
+    price = _price_of(inst.offering, offerings)
+    if price is None:
+        return  # this cloud's offerings are not known yet (a failed refresh): decide on a later tick
     state = S.RUNNING if inst.state == CloudState.RUNNING else S.PROVISIONING
     adopt = Adopt(
+        adopt_token(snap.tick, inst.offering.cloud, inst.cloud_id),
         pool.name,
         inst,
         cand[1],
-        offering.gpus,
-        offering.price_usd_per_hour,
+        price.gpus,
+        price.price_usd_per_hour,
         state,
         "adopted: tagged instance with no record (lost intent or lost database)",
     )
     obs.intents.append(adopt)
     obs.fleet[adopt.token] = adopt.record(snap.now)
+
+
+def _price_of(key: OfferingKey, offerings: Mapping[OfferingKey, Offering]) -> Offering | None:
+    """The offering's price, else the same type and market's in another zone, else (if the cloud lists other
+    offerings, so this one is just no longer offered) zero; None when nothing of the cloud is known."""
+    if key in offerings:
+        return offerings[key]
+    same_kind = [
+        o
+        for k, o in offerings.items()
+        if (k.cloud, k.instance_type, k.market) == (key.cloud, key.instance_type, key.market)
+    ]
+    if same_kind:
+        return min(same_kind, key=lambda o: o.key)
+    if any(k.cloud == key.cloud for k in offerings):
+        return Offering(key, 0.0, 0, price_source="unknown")
+    return None

@@ -79,7 +79,9 @@ def reconcile(snapshot: Snapshot, policy: Policy) -> Plan:
 
     pool_names = {p.name for p in policy.pools}
     for rec in fleet.values():
-        if rec.pool not in pool_names and rec.state not in _GOING and rec.cloud_id:
+        # Draining ones too: their pool will not come back to finish the drain. (Records of removed pools that
+        # have no cloud id yet were cancelled by observe.)
+        if rec.pool not in pool_names and rec.state != S.TERMINATING and rec.cloud_id:
             intents.append(
                 Terminate(rec.token, rec.pool, rec.offering.cloud, rec.cloud_id, "pool removed from policy")
             )
@@ -114,7 +116,7 @@ def reconcile(snapshot: Snapshot, policy: Policy) -> Plan:
         decision, pool_intents, states[pool.name], budget = ctx.decide(offerings, pool_blocks, budget)
         decisions[pool.name] = decision
         intents.extend(pool_intents)
-    return Plan(now, tuple(intents), decisions, states, tuple(obs.events))
+    return Plan(now, tuple(intents), decisions, states, tuple(obs.events), obs.missing_since)
 
 
 @dataclass
@@ -131,7 +133,7 @@ class _PoolTick:
         self, offerings: Sequence[Offering], blocks: Sequence[Block], budget: Budget
     ) -> tuple[PoolDecision, list[Intent], ScalingState, Budget]:
         pool, now = self.pool, self.now
-        intents: list[Intent] = []
+        intents: list[Intent] = []  # decided actions; a paused pool takes none of them
         reasons: list[str] = []
         active: list[InstanceRecord] = []
         boot_timeout = timedelta(seconds=pool.boot_timeout_seconds)
@@ -169,13 +171,9 @@ class _PoolTick:
         chosen: list[str] = []
         skipped: tuple[Skipped, ...] = ()
         if self.control.paused:
-            reasons.append("paused by operator: no launches or removals")
-            return (
-                self._decision(desired, ready, live - ready, draining, spend, reasons, signal),
-                intents,
-                new_state,
-                budget,
-            )
+            reasons.append("paused by operator: observed only, no launches, removals or replacements")
+            decision = self._decision(desired, ready, live - ready, draining, spend, reasons, signal)
+            return decision, [], new_state, budget
 
         need = desired - live
         if need > 0:
