@@ -2,8 +2,8 @@
 
 The CLI talks to a running daemon only through its admin API (never to the database), so it works the same
 against a local daemon, a container or a remote replica. Exit codes: 0 done, 1 the API answered with an error,
-2 the API could not be reached. Every string that came from the daemon is printed with markup off, so a reason
-like "[zone scope]" is shown as written rather than read as rich markup.
+2 the API could not be reached (an invalid URL included). Every string that came from the daemon is printed with
+markup off, so a reason like "[zone scope]" is shown as written rather than read as rich markup.
 """
 
 from __future__ import annotations
@@ -30,8 +30,12 @@ class _ApiError(Exception):
 def _get(client: httpx.Client, path: str) -> Any:
     try:
         resp = client.get(path)
-    except httpx.TransportError as exc:
+    except httpx.TransportError as exc:  # refused, timed out, DNS, TLS, a scheme httpx cannot speak
         raise _Unreachable(str(exc) or type(exc).__name__) from None
+    except UnicodeError as exc:  # a host name the resolver cannot encode (a label over 63 characters)
+        raise _Unreachable(f"bad host name ({exc})") from None
+    except httpx.HTTPError as exc:  # it answered, but not in a way httpx could read (a bad encoding, say)
+        raise _ApiError(f"{path}: unreadable answer ({type(exc).__name__}: {exc})") from None
     try:
         body = resp.json()
     except ValueError:
@@ -47,6 +51,13 @@ def _fetch(base_url: str, console: Console, *paths: str) -> list[Any] | int:
     try:
         with httpx.Client(base_url=base_url, timeout=TIMEOUT_SECONDS) as client:
             return [_get(client, p) for p in paths]
+    except httpx.InvalidURL as exc:  # "http://[::1", ":::": raised by httpx.Client() itself, before any request
+        _say(
+            console,
+            f"cannot reach the gpu-autoscaler admin API: {base_url!r} is not a valid URL ({exc})",
+            style="red",
+        )
+        return EXIT_UNREACHABLE
     except _Unreachable as exc:
         _say(console, f"cannot reach the gpu-autoscaler admin API at {base_url}: {exc}", style="red")
         return EXIT_UNREACHABLE

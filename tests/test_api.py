@@ -1,4 +1,5 @@
-"""The admin API against a real store on SQLite, through FastAPI's TestClient."""
+"""The admin API against a real store on SQLite (and, for input PostgreSQL cannot store, on PostgreSQL too),
+through FastAPI's TestClient."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from autoscaler.api.app import create_app
 from autoscaler.lifecycle import InstanceState
 from autoscaler.model import FailureKind, Market, Plan, PoolControl, Snapshot
 from autoscaler.policyfile import default_policy_text
+from autoscaler.store import Store
 from tests.api_support import (
     A100_SPOT,
     DECISION,
@@ -22,6 +24,7 @@ from tests.api_support import (
     POOL,
     T0,
     TOKEN,
+    FakeClock,
     TestControl,
     make_control,
     seed,
@@ -410,6 +413,82 @@ def test_bad_input_gives_a_4xx_with_a_reason(
     body = r.json()
     assert isinstance(body["error"], str) and body["error"]
     assert "Traceback" not in r.text
+
+
+# ------------------------------------------------------------------ control characters, on both backends
+# PostgreSQL cannot store NUL in text (psycopg raises ValueError/DataError, which was a 500), so these run on
+# every store backend (conftest's database_url: SQLite, and PostgreSQL when it is reachable, or required by
+# GPU_AUTOSCALER_REQUIRE_SERVICES=1).
+
+
+@pytest.fixture
+def any_backend(database_url: str, tmp_path: Path) -> Iterator[TestControl]:
+    c = TestControl(store=Store.open(database_url), clock=FakeClock(), policy_path=tmp_path / "policy.yaml")
+    seed(c)
+    yield c
+    c.store.close()
+
+
+REFUSED = "must not contain a control character (found U+00"
+H100_ZONE = {"cloud": "simulated", "instance_type": "sim.h100x8", "market": "spot", "zone": "sim-east-a"}
+CONTROL_CHARACTER_INPUTS: list[tuple[str, str, dict[str, Any], str]] = [
+    ("GET", "/v1/instances/a%00b", {}, REFUSED),
+    ("GET", "/v1/instances/tok-ready%00", {}, REFUSED),
+    ("GET", "/v1/instances/tok%01ready", {}, REFUSED),
+    ("GET", "/v1/instances/tok-ready%0A", {}, REFUSED),
+    ("GET", "/v1/instances/tok-ready%7F", {}, REFUSED),
+    ("GET", "/v1/instances?pool=a%00b", {}, REFUSED),
+    ("GET", "/v1/instances", {"params": {"pool": "a\x00b"}}, REFUSED),
+    ("GET", "/v1/decisions?pool=a%00b", {}, REFUSED),
+    ("GET", "/v1/decisions?limit=1%00", {}, REFUSED),
+    ("GET", "/v1/decisions?x%00=1", {}, REFUSED),  # a parameter nobody reads is refused all the same
+    ("GET", "/v1/pools/a%00b", {}, REFUSED),
+    ("GET", f"/v1/pools/{POOL}%00/explain", {}, REFUSED),
+    ("GET", "/v1/nothing-here%00", {}, REFUSED),
+    ("POST", "/v1/pools/a%00b/pause", {}, REFUSED),
+    ("DELETE", f"/v1/pools/{POOL}%09/override", {}, REFUSED),
+    ("POST", f"/v1/pools/{POOL}%00/override", {"json": {"capacity": 1, "ttl_seconds": 60}}, REFUSED),
+    ("POST", UNBLOCK, {"json": {"cloud": "aws", "instance_type": "p5\u0000", "market": "spot"}}, REFUSED),
+    ("POST", UNBLOCK, {"json": {**H100_ZONE, "instance_type": "sim.h100x8\u0000"}}, REFUSED),
+    ("POST", UNBLOCK, {"json": {**H100_ZONE, "zone": "sim-east-a\u0000"}}, REFUSED),
+    ("POST", UNBLOCK, {"json": {**H100_ZONE, "region": "\u001f"}}, REFUSED),
+    ("POST", UNBLOCK, {"content": b'{"cloud": "aws", "instance_type": "p5\\u0000", "market": "spot"}'}, REFUSED),
+    ("POST", UNBLOCK, {"json": {**H100_ZONE, "cloud": "simulated\u0000"}}, "body.cloud: Input should be"),
+    ("POST", UNBLOCK, {"json": {**H100_ZONE, "market": "spot\u0000"}}, "body.market: Input should be"),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "reason"),
+    CONTROL_CHARACTER_INPUTS,
+    ids=[f"{i}-{method}-{path}" for i, (method, path, _, _) in enumerate(CONTROL_CHARACTER_INPUTS)],
+)
+def test_control_characters_are_refused_on_every_backend(
+    any_backend: TestControl, method: str, path: str, kwargs: dict[str, Any], reason: str
+) -> None:
+    # raise_server_exceptions (the default): a store that chokes on the input fails the test with its error.
+    client = TestClient(create_app(any_backend, TOKEN))
+    store = any_backend.store
+    before = (store.controls(), store.blocks(), store.instances(live_only=False))
+    headers = {**AUTH, **(JSON if "content" in kwargs else {})}
+    r = client.request(method, path, headers=headers, **kwargs)
+    assert r.status_code in (400, 422), r.text
+    assert reason in r.json()["error"]
+    if method != "GET":  # the token is still checked first: without it nothing is learnt about the input
+        assert client.request(method, path, headers=JSON, **kwargs).status_code == 401
+    assert (store.controls(), store.blocks(), store.instances(live_only=False)) == before
+
+
+def test_clean_input_still_reaches_every_backend(any_backend: TestControl) -> None:
+    client = TestClient(create_app(any_backend, TOKEN))
+    assert client.get("/v1/instances/tok-ready").json()["state"] == "ready"
+    r = client.get("/v1/instances/tok ready é")  # odd, but no control character: looked up, not found
+    assert r.status_code == 404 and "tok ready é" in r.json()["error"]
+    assert len(client.get("/v1/decisions", params={"pool": POOL}).json()) == 1
+    assert client.post(f"/v1/pools/{POOL}/pause", headers=AUTH).json()["paused"] is True
+    r = client.post(UNBLOCK, json={**H100_ZONE, "region": "sim-east"}, headers=AUTH)
+    assert r.status_code == 200 and r.json() == {"unblocked": 1}
+    assert any_backend.store.blocks() == []
 
 
 class BrokenControl(TestControl):

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from click.testing import CliRunner
 from rich.console import Console
 
 from autoscaler.api.app import create_app
+from autoscaler.cli import main
 from autoscaler.cli_client import explain, status_table
 from autoscaler.model import PoolControl
 from tests.api_support import POOL, T0, TOKEN, TestControl, make_control, seed
@@ -105,19 +107,55 @@ def test_explain_before_any_decision_and_for_an_unknown_pool(base_url: str) -> N
     out = console()
     assert explain(base_url, "no-such-pool", out) == 1
     assert "unknown pool 'no-such-pool'" in out.export_text()
+    out = console()
+    assert explain(base_url, "demo\x00llm", out) == 1  # over real HTTP too: refused by the API, not a 500
+    assert "must not contain a control character (found U+0000)" in out.export_text()
 
 
-def free_port() -> int:
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A local port that refuses connections: bound but not listening, and held so that nothing else takes it
+    while the test runs (a port closed again right after bind-to-0 could be reused by a parallel server)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        yield int(s.getsockname()[1])
 
 
 @pytest.mark.parametrize("command", ["status", "explain"])
-def test_unreachable_api_is_one_clear_line_and_exit_2(command: str) -> None:
-    url = f"http://127.0.0.1:{free_port()}"
+def test_unreachable_api_is_one_clear_line_and_exit_2(command: str, refused_port: int) -> None:
+    url = f"http://127.0.0.1:{refused_port}"
     out = console()
     code = status_table(url, out) if command == "status" else explain(url, POOL, out)
     assert code == 2
     lines = out.export_text().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"cannot reach the gpu-autoscaler admin API at {url}")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[::1",  # unclosed IPv6 bracket
+        ":::",
+        "http://127.0.0.1:port",
+        "http://999.1.1.1",
+        "http://admin\x00.local",
+        "http://" + "a" * 70 + ".example",  # a DNS label longer than 63 characters
+        "ftp://127.0.0.1",
+        "",
+    ],
+)
+@pytest.mark.parametrize("command", ["status", "explain"])
+def test_a_bad_admin_url_is_one_clear_line_and_exit_2(command: str, url: str) -> None:
+    out = console()
+    code = status_table(url, out) if command == "status" else explain(url, POOL, out)
+    assert code == 2
+    lines = out.export_text().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cannot reach the gpu-autoscaler admin API"), lines
+    assert "Traceback" not in lines[0]
+
+
+def test_the_cli_command_with_a_bad_url_exits_2_without_a_traceback() -> None:
+    result = CliRunner().invoke(main, ["status", "--admin", "http://[::1"])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "is not a valid URL" in result.output and "Traceback" not in result.output

@@ -21,6 +21,12 @@ from autoscaler.model import Sample
 from autoscaler.sources import HttpJson, Prometheus, Synthetic, build_sources, combine, read_samples
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+# A slow server or source takes this long; a read bounded by its timeout (well under a second here) must return in
+# under SLOW_BOUND. Both are generous, so that a loaded 2-core CI runner cannot make the bound flake, and far apart,
+# so that a read that waited for the slow answer still fails the bound. The waits end at teardown (fake.stop,
+# SleepySource.release), so a test never actually lasts SLOW_SECONDS.
+SLOW_SECONDS = 10.0
+SLOW_BOUND = 4.0
 TOKEN = "tok-9f8e7d6c5b4a"  # a bearer token that must never appear in an error
 PASSWORD = "pw-hunter2-XYZ"
 
@@ -94,10 +100,13 @@ def server() -> Iterator[FakeServer]:
     httpd.server_close()
 
 
-def free_port() -> int:
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A local port that refuses connections: bound but not listening, and held for the whole test, so that no
+    other server can take it in between (as a port picked by bind-to-0-then-close could be)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        yield int(s.getsockname()[1])
 
 
 def prom(url: str, *, name: str = "q", query: str = "sum(queue)", **kw: Any) -> Prometheus:
@@ -216,33 +225,33 @@ def test_prometheus_missing_token_env_fails_without_a_request(
     assert server.seen == []
 
 
-def test_prometheus_url_password_never_appears_in_errors(server: FakeServer) -> None:
+def test_prometheus_url_password_never_appears_in_errors(server: FakeServer, refused_port: int) -> None:
     url = server.url.replace("http://", f"http://admin:{PASSWORD}@") + "/?api_key=" + TOKEN
     server.json("/api/v1/query", {"status": "error", "errorType": "internal", "error": "boom"}, status=500)
     failed = prom(url).read(NOW)
     assert_failed(failed, "boom", "127.0.0.1")
     assert PASSWORD not in failed.error and "admin" not in failed.error and TOKEN not in failed.error
     assert server.seen[0].query["api_key"] == [TOKEN] and server.seen[0].query["query"] == ["sum(queue)"]
-    unreachable = url.replace(server.url.rsplit(":", 1)[1], str(free_port()))
+    unreachable = url.replace(server.url.rsplit(":", 1)[1], str(refused_port))
     failed = prom(unreachable).read(NOW)
     assert_failed(failed, "request failed")
     assert PASSWORD not in failed.error and TOKEN not in failed.error
 
 
-def test_prometheus_unreachable_port() -> None:
+def test_prometheus_unreachable_port(refused_port: int) -> None:
     started = time.monotonic()
-    failed = prom(f"http://127.0.0.1:{free_port()}", timeout_seconds=2).read(NOW)
+    failed = prom(f"http://127.0.0.1:{refused_port}", timeout_seconds=SLOW_SECONDS).read(NOW)
     assert_failed(failed, "prometheus source 'q'", "ConnectError")
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < SLOW_BOUND, "a refused connection fails at once, not at the timeout"
 
 
 def test_prometheus_slow_server_times_out(server: FakeServer) -> None:
-    server.json("/api/v1/query", vector((NOW.timestamp(), "1")), delay=5)
+    server.json("/api/v1/query", vector((NOW.timestamp(), "1")), delay=SLOW_SECONDS)
     started = time.monotonic()
     failed = prom(server.url, timeout_seconds=0.3).read(NOW)
     elapsed = time.monotonic() - started
     assert_failed(failed, "timed out after 0.3 s")
-    assert 0.25 < elapsed < 1.5
+    assert 0.25 < elapsed < SLOW_BOUND, "waited for its own timeout, not for the slow answer"
 
 
 # ---------------------------------------------------------------- http json
@@ -297,12 +306,12 @@ def test_http_errors_never_show_headers_or_url_secrets(server: FakeServer) -> No
         assert secret not in failed.error
 
 
-def test_http_slow_and_unreachable(server: FakeServer) -> None:
-    server.json("/slow", {"depth": 1}, delay=5)
+def test_http_slow_and_unreachable(server: FakeServer, refused_port: int) -> None:
+    server.json("/slow", {"depth": 1}, delay=SLOW_SECONDS)
     started = time.monotonic()
     assert_failed(http_source(server.url + "/slow", timeout_seconds=0.3).read(NOW), "timed out")
-    assert time.monotonic() - started < 1.5
-    assert_failed(http_source(f"http://127.0.0.1:{free_port()}/m").read(NOW), "request failed: ConnectError")
+    assert time.monotonic() - started < SLOW_BOUND, "waited for its own timeout, not for the slow answer"
+    assert_failed(http_source(f"http://127.0.0.1:{refused_port}/m").read(NOW), "request failed: ConnectError")
     assert_failed(http_source("not a url at all").read(NOW), "http source 'h'")
     assert_failed(prom("http://[::1").read(NOW), "prometheus source 'q'")
 
@@ -341,13 +350,17 @@ def test_synthetic_never_goes_negative() -> None:
 
 
 class SleepySource:
-    """A source that ignores its own timeout (the worst case read_samples must survive)."""
+    """A source that ignores its own timeout (the worst case read_samples must survive).
 
-    def __init__(self, name: str, sleep: float, timeout: float) -> None:
+    It sleeps `sleep` seconds or until `release` is set: the test sets it when done, so that the thread
+    read_samples left behind does not outlive the test (nor hold up the interpreter's exit)."""
+
+    def __init__(self, name: str, sleep: float, timeout: float, release: threading.Event | None = None) -> None:
         self.name, self.kind, self.timeout_seconds, self.sleep = name, "queue", timeout, sleep
+        self.release = release or threading.Event()
 
     def read(self, now: datetime) -> Sample:
-        time.sleep(self.sleep)
+        self.release.wait(self.sleep)
         return Sample(self.name, self.kind, 1.0, now)
 
 
@@ -371,15 +384,22 @@ def test_read_samples_reads_every_pool_in_order(server: FakeServer) -> None:
 
 
 def test_read_samples_bounds_each_source_by_its_own_timeout(server: FakeServer) -> None:
-    server.json("/slow", {"depth": 1}, delay=5)
+    server.json("/slow", {"depth": 1}, delay=SLOW_SECONDS)
+    release = threading.Event()
+    sleepy = SleepySource("hung", sleep=SLOW_SECONDS, timeout=0.4, release=release)
     sources = {
-        "a": [SleepySource("hung", sleep=3, timeout=0.4), http_source(server.url + "/slow", timeout_seconds=0.8)],
-        "b": [SleepySource("quick", sleep=0.05, timeout=2)],
+        "a": [sleepy, http_source(server.url + "/slow", timeout_seconds=0.8)],
+        # With 2 workers it waits for the slow HTTP read's thread (about 0.8 s): that wait counts against its
+        # timeout, which leaves room for a loaded machine.
+        "b": [SleepySource("quick", sleep=0.05, timeout=3)],
     }
     started = time.monotonic()
-    got = read_samples(sources, NOW, max_workers=2)
-    elapsed = time.monotonic() - started
-    assert elapsed < 1.8, "returns within about the longest timeout, not the slowest read"
+    try:
+        got = read_samples(sources, NOW, max_workers=2)
+        elapsed = time.monotonic() - started
+    finally:
+        release.set()
+    assert elapsed < SLOW_BOUND, "returns within about the longest timeout, not the slowest read"
     hung, slow = got["a"]
     assert_failed(hung, "'hung'", "no answer within 0.4 s")
     assert_failed(slow, "'h'")

@@ -22,7 +22,7 @@ import autoscaler
 from autoscaler import config
 from autoscaler.api import schemas as s
 from autoscaler.api.control import DaemonControl
-from autoscaler.api.errors import BearerTokenGate, error, install_error_handlers
+from autoscaler.api.errors import BearerTokenGate, ControlCharacterGate, error, install_error_handlers
 from autoscaler.lifecycle import InstanceState
 from autoscaler.model import PoolControl
 from autoscaler.store import DecisionRow
@@ -52,6 +52,8 @@ def create_app(control: DaemonControl, token: str | None) -> FastAPI:
         version=autoscaler.__version__,
         description="Read what the daemon does and why; pause, override, reload the policy, unblock offerings.",
     )
+    # The last added runs first: the token is checked before anything else about the request.
+    app.add_middleware(ControlCharacterGate)
     app.add_middleware(BearerTokenGate, token=token)
     install_error_handlers(app)
     # Pause/resume/override are read-modify-write on one row: serialise them within this process.

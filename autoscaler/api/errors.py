@@ -4,6 +4,8 @@ Every error the API returns is JSON with an "error" string (validation errors ad
 nothing a client sends can produce a traceback: unexpected exceptions are logged here and answered with a
 generic 500. The token gate is ASGI middleware rather than a FastAPI dependency so that it runs before the
 body is parsed: an unauthenticated caller learns nothing about what a valid request looks like.
+ControlCharacterGate, inside it, refuses (400) a path or query string holding a control character before any
+handler can hand one to the store; JSON bodies get the same check from the request models.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from __future__ import annotations
 import hmac
 import logging
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from autoscaler.api.schemas import control_character
 
 log = logging.getLogger(__name__)
 
@@ -100,4 +105,38 @@ class BearerTokenGate:
             return error(401, "missing bearer token", challenge)
         if not hmac.compare_digest(given.strip(), self.token):
             return error(401, "invalid bearer token", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        return None
+
+
+class ControlCharacterGate:
+    """Refuses (400) a request whose decoded path or query string holds a control character.
+
+    Path and query parameters are otherwise plain strings that handlers pass to the store, and PostgreSQL cannot
+    hold NUL in text: checking every request here, once, covers every route, present and future. Percent-escapes
+    are decoded first (the way the router and FastAPI decode them), so "%00" is caught as well as a raw byte.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            problem = self._problem(scope)
+            if problem is not None:
+                await error(400, problem)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _problem(scope: Scope) -> str | None:
+        path = scope.get("path", "")
+        if isinstance(path, str) and (found := control_character(path)) is not None:
+            return f"the URL path must not contain a control character (found {found})"
+        query = scope.get("query_string", b"")
+        text = query.decode("latin-1") if isinstance(query, bytes) else ""
+        for name, value in parse_qsl(text, keep_blank_values=True):
+            if (found := control_character(name)) is not None:
+                return f"a query parameter name must not contain a control character (found {found})"
+            if (found := control_character(value)) is not None:
+                return f"query parameter {name[:40]!r} must not contain a control character (found {found})"
         return None

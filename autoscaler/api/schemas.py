@@ -2,15 +2,18 @@
 
 Responses are pydantic models so /openapi.json documents every field. Requests forbid unknown keys and
 accept only finite JSON numbers of the right type: `"5"`, `true`, NaN and Infinity are refused rather than
-coerced, because an operator's typo must not quietly become an override of the fleet.
+coerced, because an operator's typo must not quietly become an override of the fleet. No string a request
+carries may hold a control character (see `control_character`): the path and query are checked by
+errors.ControlCharacterGate, JSON bodies by `_Request`, so every request model gets the check without asking.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from autoscaler.lifecycle import InstanceState
 from autoscaler.model import Block, InstanceRecord, Market, OfferingKey, PoolControl, PoolDecision
@@ -20,8 +23,32 @@ MAX_OVERRIDE_TTL_SECONDS = 7 * 24 * 3600.0
 CloudName = Literal["simulated", "aws", "gcp", "azure"]  # the clouds of config.CLOUDS
 
 
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _seconds(later: datetime, earlier: datetime) -> float:
     return round((later - earlier).total_seconds(), 3)
+
+
+def control_character(text: str) -> str | None:
+    """The first C0 control character (or DEL) in `text`, named like "U+0000", or None if it has none.
+
+    No pool name, instance token, offering label or zone holds one, and PostgreSQL cannot store NUL in a text
+    column at all (the driver raises, which would be a 500): such input is refused before it reaches the store.
+    """
+    found = _CONTROL_CHARACTERS.search(text)
+    return None if found is None else f"U+{ord(found.group()):04X}"
+
+
+def _strings(value: object) -> list[str]:
+    """Every string in a validated field value, nested lists and dicts (keys too) included."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, list | tuple | set | frozenset):
+        return [s for item in value for s in _strings(item)]
+    return []
 
 
 # ------------------------------------------------------------------ requests
@@ -29,6 +56,14 @@ def _seconds(later: datetime, earlier: datetime) -> float:
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_control_characters(cls, value: object) -> object:
+        for text in _strings(value):
+            if (found := control_character(text)) is not None:
+                raise ValueError(f"must not contain a control character (found {found})")
+        return value
 
 
 class OverrideIn(_Request):
