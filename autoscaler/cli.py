@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -142,6 +143,24 @@ def explain(pool: str, base_url: str) -> None:
     from autoscaler.cli_client import explain as explain_pool
 
     sys.exit(explain_pool(_url(base_url), pool, Console()))
+
+
+@main.group()
+def prices() -> None:
+    """Price catalogs."""
+
+
+@prices.command("refresh")
+@click.option("--policy", type=click.Path(dir_okay=False, path_type=Path), help="policy YAML (regions, types)")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="where refreshed prices go")
+def prices_refresh(policy: Path | None, state_dir: Path | None) -> None:
+    """Refresh AWS on-demand prices from the Price List API; where that fails, the shipped catalog stays."""
+    loaded = _load(policy)
+    if importlib.util.find_spec("boto3") is None:
+        raise click.ClickException("the AWS provider needs boto3: pip install 'gpu-autoscaler[aws]'")
+    from providers.aws_prices import run_refresh
+
+    sys.exit(run_refresh(loaded.policy, state_dir or default_state_dir(), Console()))
 
 
 def _url(base: str) -> str:

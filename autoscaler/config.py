@@ -128,9 +128,14 @@ class SimulatedCloud(CloudBase):
 
 
 class AwsCloud(CloudBase):
-    profile: str | None = None
-    role_arn: str | None = None
-    endpoint_url: str | None = None
+    profile: str | None = Field(None, description="a named profile of the shared AWS config; default: the chain")
+    role_arn: str | None = Field(None, description="a role to assume with the base credentials")
+    endpoint_url: str | None = Field(None, description="an EC2-compatible endpoint (tests: a local moto server)")
+    max_attempts: PositiveInt = Field(
+        3, description="botocore attempts for reads (standard mode); launches are never retried within a tick"
+    )
+    connect_timeout_seconds: PositiveFloat = 5.0
+    read_timeout_seconds: PositiveFloat = 30.0
 
 
 class GcpCloud(CloudBase):
@@ -291,6 +296,9 @@ def semantic_errors(policy: Policy) -> list[tuple[tuple[str | int, ...], str]]:
     """Checks that span fields, as (path, message) pairs so the loader can point at the line."""
     errors: list[tuple[tuple[str | int, ...], str]] = []
     enabled = policy.clouds.enabled()
+    for name, settings in enabled.items():
+        if name != "simulated" and not settings.regions:
+            errors.append((("clouds", name, "regions"), f"name at least one region for {name}"))
     seen: set[str] = set()
     for i, pool in enumerate(policy.pools):
         if pool.name in seen:

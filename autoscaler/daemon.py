@@ -110,7 +110,7 @@ class Daemon:
             old = self._loaded
             if new.sha256 == old.sha256:
                 return True, "policy unchanged"
-            if new.policy.clouds != old.policy.clouds or new.policy.daemon.id != old.policy.daemon.id:
+            if _provider_inputs(new.policy) != _provider_inputs(old.policy):
                 self._providers = self._provider_factory(new.policy)
                 self.gatherer.forget_offerings()
             self._sources = self._build_sources(new.policy)
@@ -193,10 +193,12 @@ class Daemon:
                 again = self._refreshed(snapshot, f"{name}/r{round_no}")
                 fallback = reconcile(again, policy)
                 launches = tuple(i for i in fallback.of_type(Launch) if not i.retry)
+                # The refused pools' decisions tell how the fallback went, even when nothing was left to try.
+                refused_pools = {launch.pool for launch, _ in result.refused}
+                decisions = _merge_decisions(decisions, fallback.decisions, refused_pools, round_no)
                 if not launches:
                     break
                 result = actuator.apply(replace(fallback, intents=launches, capacity_events=()), policy)
-                decisions = _merge_decisions(decisions, fallback.decisions, {i.pool for i in launches}, round_no)
             self._scaling_state = dict(plan.scaling_state)
             self._missing_since = dict(plan.missing_since)
             self.store.save_scaling_state(plan.scaling_state)
@@ -247,6 +249,12 @@ class Daemon:
 
     def _build_sources(self, policy: Policy) -> dict[str, list[MetricSource]]:
         return {pool.name: build_sources(pool, self.started_at) for pool in policy.pools}
+
+
+def _provider_inputs(policy: Policy) -> tuple[object, ...]:
+    """What providers are built from: when it changes, a reload rebuilds them (e.g. a new candidate type)."""
+    types = sorted((c.cloud, c.instance_type) for p in policy.pools for c in p.candidates)
+    return (policy.clouds, policy.daemon.id, types)
 
 
 def _merge_decisions(

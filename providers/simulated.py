@@ -30,7 +30,7 @@ from autoscaler.model import (
     OfferingKey,
     Scope,
 )
-from providers import _simstate
+from providers import BuildContext, _simstate
 from providers._simstate import SimInstance
 
 FaultKind = Literal["capacity", "quota", "transient", "auth", "config"]
@@ -370,9 +370,10 @@ def _fault_error(kind: FaultKind, key: OfferingKey) -> ProviderError:
     return ConfigError(f"invalid launch parameters for {what}", code="InvalidParameterValue")
 
 
-def build(cfg: config.CloudBase, clock: Clock, daemon_id: str, state_dir: Path | None) -> SimulatedProvider:
+def build(cfg: config.CloudBase, ctx: BuildContext) -> SimulatedProvider:
     """The factory `providers.build_providers` calls; the fake cloud persists under `state_dir` when given."""
     if not isinstance(cfg, config.SimulatedCloud):
         raise TypeError(f"expected SimulatedCloud settings, got {type(cfg).__name__}")
-    state_file = state_dir / f"simulated-cloud-{daemon_id}.json" if state_dir is not None else None
-    return SimulatedProvider(cfg, clock, daemon_id, state_file=state_file)
+    state_dir = ctx.state_dir
+    state_file = state_dir / f"simulated-cloud-{ctx.daemon_id}.json" if state_dir is not None else None
+    return SimulatedProvider(cfg, ctx.clock, ctx.daemon_id, state_file=state_file)

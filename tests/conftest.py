@@ -5,8 +5,12 @@ import functools
 import os
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.aws_fake import FakeEC2
 
 POSTGRES_HOST = "127.0.0.1"
 POSTGRES_PORT = 5432
@@ -79,3 +83,33 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
 
 # ---- end of the PostgreSQL block ----
+
+
+# ---- AWS: moto's EC2 server behind tests/aws_fake.py ----
+
+
+@pytest.fixture(scope="session")
+def fake_ec2_server() -> Iterator[FakeEC2]:
+    """One fake EC2 endpoint on 127.0.0.1 for the whole session (moto's state is process-global). Imported here,
+    not at the top: loading moto costs a second that tests without AWS need not pay."""
+    from tests.aws_fake import fake_ec2_fixture
+
+    # boto3's standard credential chain, fed with test keys: the fake accepts any, and nothing real is used.
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")}
+    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+    os.environ.pop("AWS_SESSION_TOKEN", None)
+    try:
+        yield from fake_ec2_fixture()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def fake_ec2(fake_ec2_server: FakeEC2) -> FakeEC2:
+    """The fake EC2 endpoint, emptied for this test."""
+    fake_ec2_server.reset()
+    return fake_ec2_server

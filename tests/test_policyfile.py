@@ -42,6 +42,11 @@ BAD = [
         ":5:82: pools[0].candidates[0].zonez: unknown key 'zonez': did you mean 'zones'?",
     ),
     (
+        "a real cloud without regions",
+        "clouds:\n  simulated: {}\n  aws: {profile: ops}\n" + GOOD,
+        ":3:3: clouds.aws.regions: name at least one region for aws",
+    ),
+    (
         "wrong type",
         GOOD.replace("max_capacity: 4", "max_capacity: lots"),
         ":3:5: pools[0].max_capacity: Input should be a valid number",

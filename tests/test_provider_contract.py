@@ -8,10 +8,12 @@ and the tests that need it are skipped for that provider only.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import cast
 
+import boto3
 import pytest
 
 from autoscaler import config
@@ -30,7 +32,10 @@ from autoscaler.model import (
     OfferingKey,
     Scope,
 )
+from providers.aws import AwsProvider
+from providers.aws_catalog import AwsCatalog
 from providers.simulated import FaultKind, SimulatedProvider
+from tests.aws_fake import FakeEC2
 
 DAEMON = "contract-daemon"
 START = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -58,6 +63,10 @@ class Harness:
     def offering(self, market: Market = Market.ON_DEMAND) -> OfferingKey:
         raise NotImplementedError
 
+    def template(self) -> LaunchTemplate:
+        """A launch template this cloud accepts (a real cloud needs an image, say)."""
+        return LaunchTemplate(tags={"team": "ml"})
+
     def exhaust(self, key: OfferingKey) -> None:
         """From now on the cloud has no capacity for `key`."""
         raise Unsupported
@@ -76,9 +85,13 @@ class Harness:
     def advance(self, seconds: float) -> None:
         self.clock.advance(seconds)
 
+    # What the launch call raises when the harness "crashes" it after the cloud accepted.
+    crash_error: type[BaseException] = Exception
+
 
 class SimulatedHarness(Harness):
     name = "simulated"
+    crash_error = Crash
 
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
@@ -109,20 +122,78 @@ class SimulatedHarness(Harness):
         self.sim.after_accept = crash
 
 
-# A later provider adds itself here, e.g. "aws": lambda clock: MotoHarness(clock).
-HARNESSES: dict[str, Callable[[FakeClock], Harness]] = {"simulated": SimulatedHarness}
+class AwsHarness(Harness):
+    """The AWS provider through real boto3 against moto's EC2 server (tests/aws_fake.py)."""
+
+    name = "aws"
+    boot_seconds = None  # moto's instances run at once, whatever the fake clock says
+
+    def __init__(self, clock: FakeClock, fake: FakeEC2) -> None:
+        self.clock = clock
+        self.fake = fake
+        fake.reset()
+        cfg = config.AwsCloud(regions={"us-east-1": ["us-east-1a", "us-east-1b"]}, endpoint_url=fake.endpoint_url)
+        catalog = AwsCatalog.load(None)
+        types = frozenset({"g6.xlarge", "p4d.24xlarge"})
+        self.provider = AwsProvider(cfg, clock, DAEMON, types, catalog, session=_boto_session())
+
+    def offering(self, market: Market = Market.ON_DEMAND) -> OfferingKey:
+        return OfferingKey("aws", "us-east-1", "us-east-1a", "g6.xlarge", market)
+
+    def template(self) -> LaunchTemplate:
+        return LaunchTemplate(image=self.fake.ami("us-east-1"), tags={"team": "ml"})
+
+    def exhaust(self, key: OfferingKey) -> None:
+        self.fake.exhaust(key.instance_type, key.zone, str(key.market))
+
+    def fault(self, kind: str, key: OfferingKey) -> None:
+        self.fake.inject(AWS_FAULTS[kind], instance_type=key.instance_type, zone=key.zone, market=str(key.market))
+
+    def preempt(self, cloud_id: str) -> None:
+        self.fake.interrupt(cloud_id)
+
+    def crash_after_next_accept(self) -> None:
+        # EC2 makes the instance, the answer never arrives: the provider sees a 503 (the harness's "crash").
+        self.fake.lose_next_answer("RunInstances")
+
+    crash_error: type[BaseException] = TransientError
+
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        if seconds >= 3600:
+            self.fake.forget_terminated()  # EC2 stops listing terminated instances after about an hour
+
+
+@functools.cache
+def _boto_session() -> boto3.session.Session:
+    # One session for the module: it caches botocore's service models, which each new session reloads (~0.4 s).
+    return boto3.session.Session()
+
+
+AWS_FAULTS = {
+    "capacity": "InsufficientInstanceCapacity",
+    "quota": "VcpuLimitExceeded",
+    "transient": "RequestLimitExceeded",
+    "auth": "UnauthorizedOperation",
+    "config": "InvalidAMIID.NotFound",
+}
+
+HARNESSES: dict[str, Callable[[FakeClock, pytest.FixtureRequest], Harness]] = {
+    "simulated": lambda clock, _request: SimulatedHarness(clock),
+    "aws": lambda clock, request: AwsHarness(clock, request.getfixturevalue("fake_ec2")),
+}
 
 
 @pytest.fixture(params=sorted(HARNESSES))
 def h(request: pytest.FixtureRequest) -> Iterator[Harness]:
-    yield HARNESSES[request.param](FakeClock(START))
+    yield HARNESSES[request.param](FakeClock(START), request)
 
 
 def req(
     h: Harness, token: str, key: OfferingKey | None = None, *, daemon_id: str | None = None, pool: str = "p1"
 ) -> LaunchRequest:
     tags = {TAG_DAEMON: daemon_id or h.daemon_id, TAG_POOL: pool, TAG_INTENT: token}
-    return LaunchRequest(token, pool, key or h.offering(), LaunchTemplate(tags={"team": "ml"}), tags)
+    return LaunchRequest(token, pool, key or h.offering(), h.template(), tags)
 
 
 def listed(h: Harness) -> dict[str, CloudInstance]:
@@ -304,7 +375,7 @@ def test_preempted_spot_instance_shows_terminated_and_preempted(h: Harness) -> N
 
 def test_retry_after_crash_returns_the_instance_the_cloud_made(h: Harness) -> None:
     setup_or_skip(h.crash_after_next_accept)
-    with pytest.raises(Crash):
+    with pytest.raises(h.crash_error):
         h.provider.launch(req(h, "tok-crash"))
     made = list(h.provider.list_instances())
     assert len(made) == 1 and made[0].token == "tok-crash", "the cloud made it although we never heard back"
