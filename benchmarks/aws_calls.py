@@ -20,12 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from autoscaler.clock import FakeClock  # noqa: E402
-from autoscaler.daemon import Daemon  # noqa: E402
-from autoscaler.policyfile import parse_policy  # noqa: E402
-from autoscaler.store import Store  # noqa: E402
-from providers import build_providers  # noqa: E402
-from tests.aws_fake import FakeEC2  # noqa: E402
+from autoscaler.clock import FakeClock
+from autoscaler.daemon import Daemon
+from autoscaler.policyfile import parse_policy
+from autoscaler.store import Store
+from providers import build_providers
+from tests.aws_fake import FakeEC2
 
 REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
 

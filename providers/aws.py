@@ -15,6 +15,7 @@ the next tick is the retry); reads use botocore's standard retry mode with `max_
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -339,8 +340,10 @@ def aws_session(cfg: config.AwsCloud) -> boto3.session.Session:
     if not cfg.role_arn:
         return base
     # Credentials that renew themselves before the role session expires (a daemon runs for months).
+    # STS in the first configured region: a regional endpoint, and a region botocore will not ask for.
+    sts_region = sorted(cfg.regions)[0] if cfg.regions else "us-east-1"
     fetcher = botocore.credentials.AssumeRoleCredentialFetcher(
-        client_creator=base.client,
+        client_creator=functools.partial(base.client, region_name=sts_region),
         source_credentials=base.get_credentials(),
         role_arn=cfg.role_arn,
         extra_args={"RoleSessionName": "gpu-autoscaler"},

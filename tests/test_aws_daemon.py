@@ -219,3 +219,21 @@ def test_readme_iam_policy_covers_every_call_the_daemon_makes(fake_ec2: FakeEC2,
     assert block, "the README shows the IAM policy as a JSON block"
     allowed = {a for st in json.loads(block.group(1))["Statement"] for a in st["Action"]}
     assert called <= allowed, f"missing from the README's IAM policy: {sorted(called - allowed)}"
+
+
+def test_role_arn_is_assumed_and_its_credentials_used(fake_ec2: FakeEC2, monkeypatch: pytest.MonkeyPatch) -> None:
+    from autoscaler import config
+    from autoscaler.clock import FakeClock as Clock
+    from providers.aws import AwsProvider
+    from providers.aws_catalog import AwsCatalog
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", fake_ec2.endpoint_url)
+    cfg = config.AwsCloud(
+        regions={"us-east-1": ["us-east-1a"]},
+        endpoint_url=fake_ec2.endpoint_url,
+        role_arn="arn:aws:iam::123456789012:role/gpu-autoscaler",
+    )
+    provider = AwsProvider(cfg, Clock(), "aws-test", frozenset({"g6.xlarge"}), AwsCatalog.load(None))
+    assert provider.list_instances() == []
+    assert fake_ec2.count("AssumeRole") == 1
+    assert fake_ec2.count("DescribeInstances") == 1
