@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import logging
 import os
@@ -17,6 +17,7 @@ from autoscaler.config import Policy
 from autoscaler.policyfile import LoadedPolicy, PolicyError, load_default_policy, load_policy
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8321"
+PRICED_CLOUDS = ("aws", "gcp", "azure")  # each has providers/<cloud>_prices.py with run_refresh()
 
 
 def default_state_dir() -> Path:
@@ -153,14 +154,28 @@ def prices() -> None:
 @prices.command("refresh")
 @click.option("--policy", type=click.Path(dir_okay=False, path_type=Path), help="policy YAML (regions, types)")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="where refreshed prices go")
-def prices_refresh(policy: Path | None, state_dir: Path | None) -> None:
-    """Refresh AWS on-demand prices from the Price List API; where that fails, the shipped catalog stays."""
+@click.option(
+    "--cloud", "clouds", multiple=True, type=click.Choice(PRICED_CLOUDS), help="default: every one enabled"
+)
+def prices_refresh(policy: Path | None, state_dir: Path | None, clouds: tuple[str, ...]) -> None:
+    """Refresh on-demand prices from the clouds' price APIs; where that fails, the shipped catalog stays."""
     loaded = _load(policy)
-    if importlib.util.find_spec("boto3") is None:
-        raise click.ClickException("the AWS provider needs boto3: pip install 'gpu-autoscaler[aws]'")
-    from providers.aws_prices import run_refresh
-
-    sys.exit(run_refresh(loaded.policy, state_dir or default_state_dir(), Console()))
+    wanted = clouds or tuple(c for c in PRICED_CLOUDS if c in loaded.policy.clouds.enabled())
+    if not wanted:
+        click.echo("no cloud with a price catalog is enabled in the policy (name one with --cloud)")
+        return
+    console = Console()
+    worst = 0
+    for cloud in wanted:
+        try:  # the module, or the SDK it imports when called, may be missing
+            refresh = importlib.import_module(f"providers.{cloud}_prices").run_refresh
+            code = int(refresh(loaded.policy, state_dir or default_state_dir(), console))
+        except ImportError as exc:
+            raise click.ClickException(
+                f"the {cloud} provider needs {exc.name}: pip install 'gpu-autoscaler[{cloud}]'"
+            ) from None
+        worst = max(worst, code)
+    sys.exit(worst)
 
 
 def _url(base: str) -> str:

@@ -139,15 +139,26 @@ class AwsCloud(CloudBase):
 
 
 class GcpCloud(CloudBase):
-    project: str = ""
-    credentials_file: Path | None = None
-    endpoint: str | None = None
+    project: str = Field("", description="the GCP project id")
+    credentials_file: Path | None = Field(
+        None, description="a service-account JSON key; default: application default credentials"
+    )
+    endpoint: str | None = Field(None, description="a Compute Engine API endpoint (tests: a local server)")
+    timeout_seconds: PositiveFloat = Field(30.0, description="every API call's timeout")
+    operation_timeout_seconds: PositiveFloat = Field(
+        120.0, description="how long a launch waits for its zone operation before the next tick takes over"
+    )
 
 
 class AzureCloud(CloudBase):
-    subscription_id: str = ""
-    resource_group: str = ""
-    endpoint: str | None = None
+    subscription_id: str = Field("", description="the Azure subscription id")
+    resource_group: str = Field("", description="the resource group the daemon's VMs and NICs live in")
+    endpoint: str | None = Field(None, description="a Resource Manager endpoint (sovereign clouds; tests)")
+    ca_bundle: Path | None = Field(None, description="a CA bundle to trust for `endpoint` (tests, private CAs)")
+    timeout_seconds: PositiveFloat = Field(30.0, description="every API call's timeout")
+    operation_timeout_seconds: PositiveFloat = Field(
+        300.0, description="how long a launch polls its VM creation before the next tick takes over"
+    )
 
 
 class Clouds(Strict):

@@ -9,8 +9,9 @@ and the tests that need it are skipped for that provider only.
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.util
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from typing import cast
 
 import boto3
@@ -30,63 +31,12 @@ from autoscaler.model import (
     LaunchTemplate,
     Market,
     OfferingKey,
-    Scope,
 )
 from providers.aws import AwsProvider
 from providers.aws_catalog import AwsCatalog
 from providers.simulated import FaultKind, SimulatedProvider
 from tests.aws_fake import FakeEC2
-
-DAEMON = "contract-daemon"
-START = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
-
-
-class Unsupported(Exception):
-    """This provider's harness cannot set up the situation a test needs."""
-
-
-class Crash(Exception):
-    """Stands for the daemon dying after the cloud accepted a launch, before the answer reached it."""
-
-
-class Harness:
-    """What the contract tests need from a provider besides the Provider protocol itself."""
-
-    name: str
-    provider: Provider
-    clock: FakeClock
-    daemon_id: str = DAEMON
-    boot_seconds: float | None = None  # None: the cloud's boot time does not follow the FakeClock
-    capacity_scope: Scope = Scope.ZONE
-    quota_scope: Scope = Scope.REGION
-
-    def offering(self, market: Market = Market.ON_DEMAND) -> OfferingKey:
-        raise NotImplementedError
-
-    def template(self) -> LaunchTemplate:
-        """A launch template this cloud accepts (a real cloud needs an image, say)."""
-        return LaunchTemplate(tags={"team": "ml"})
-
-    def exhaust(self, key: OfferingKey) -> None:
-        """From now on the cloud has no capacity for `key`."""
-        raise Unsupported
-
-    def fault(self, kind: str, key: OfferingKey) -> None:
-        """The next launch of `key` fails with `kind` (capacity, quota, transient, auth, config)."""
-        raise Unsupported
-
-    def preempt(self, cloud_id: str) -> None:
-        raise Unsupported
-
-    def crash_after_next_accept(self) -> None:
-        """The next launch is accepted by the cloud, then the call raises Crash instead of returning."""
-        raise Unsupported
-
-    def advance(self, seconds: float) -> None:
-        self.clock.advance(seconds)
-
-    # What the launch call raises when the harness "crashes" it after the cloud accepted.
-    crash_error: type[BaseException] = Exception
+from tests.provider_harness import DAEMON, START, Crash, Harness, Unsupported
 
 
 class SimulatedHarness(Harness):
@@ -178,9 +128,25 @@ AWS_FAULTS = {
     "config": "InvalidAMIID.NotFound",
 }
 
+
+def _from_module(cloud: str) -> Callable[[FakeClock, pytest.FixtureRequest], Harness]:
+    def make(clock: FakeClock, request: pytest.FixtureRequest) -> Harness:
+        module = importlib.import_module(f"tests.harness_{cloud}")
+        harness: Harness = module.make(clock, request)
+        return harness
+
+    return make
+
+
 HARNESSES: dict[str, Callable[[FakeClock, pytest.FixtureRequest], Harness]] = {
     "simulated": lambda clock, _request: SimulatedHarness(clock),
     "aws": lambda clock, request: AwsHarness(clock, request.getfixturevalue("fake_ec2")),
+    # Each further cloud's harness lives in tests/harness_<cloud>.py (imported only when its tests run).
+    **{
+        cloud: _from_module(cloud)
+        for cloud in ("gcp", "azure")
+        if importlib.util.find_spec(f"tests.harness_{cloud}")
+    },
 }
 
 
