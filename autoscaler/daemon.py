@@ -133,20 +133,25 @@ class Daemon:
                 counts[rec.offering.cloud] = counts.get(rec.offering.cloud, 0) + 1
         return ", ".join(f"{cloud} ({n} live)" for cloud, n in sorted(counts.items()))
 
-    def health(self) -> tuple[bool, str]:
-        interval = self.policy().policy.daemon.tick_seconds
+    def _tick_age(self) -> tuple[float, float] | None:
+        """(seconds since the last tick finished, the tick interval); None before the first tick."""
         if self.last_tick_finished is None:
+            return None
+        return time.monotonic() - self.last_tick_finished, self.policy().policy.daemon.tick_seconds
+
+    def health(self) -> tuple[bool, str]:
+        """Alive unless ticks stopped finishing: a stuck loop is what a restart can cure."""
+        if (since := self._tick_age()) is None:
             return True, "starting"
-        age = time.monotonic() - self.last_tick_finished
+        age, interval = since
         if age > 10 * interval + 60:
             return False, f"no tick finished for {age:.0f}s"
         return True, f"last tick {age:.1f}s ago"
 
     def readiness(self) -> tuple[bool, str]:
-        interval = self.policy().policy.daemon.tick_seconds
-        if self.last_tick_finished is None:
+        if (since := self._tick_age()) is None:
             return False, "no tick has completed yet"
-        age = time.monotonic() - self.last_tick_finished
+        age, interval = since
         if age > 3 * interval + 30:
             return False, f"last tick finished {age:.0f}s ago"
         if self.last_tick_error:
