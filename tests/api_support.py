@@ -5,10 +5,17 @@ Shared by tests/test_api.py and tests/test_cli_client.py.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+import uvicorn
 
 from autoscaler.lifecycle import InstanceState
 from autoscaler.metrics import Metrics
@@ -145,3 +152,21 @@ def seed(control: TestControl) -> None:
     store.record_policy_revision(
         at=T0, sha256=loaded.sha256, source=loaded.source, text=loaded.text, accepted=True
     )
+
+
+@contextlib.contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on a free port of 127.0.0.1 in a thread; yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

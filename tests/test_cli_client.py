@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import uvicorn
 from click.testing import CliRunner
 from rich.console import Console
 
@@ -18,7 +15,7 @@ from autoscaler.api.app import create_app
 from autoscaler.cli import main
 from autoscaler.cli_client import explain, status_table
 from autoscaler.model import PoolControl
-from tests.api_support import POOL, T0, TOKEN, TestControl, make_control, seed
+from tests.api_support import POOL, T0, TOKEN, TestControl, make_control, seed, serve
 
 
 @pytest.fixture
@@ -30,20 +27,8 @@ def control(tmp_path: Path) -> Iterator[TestControl]:
 
 @pytest.fixture
 def base_url(control: TestControl) -> Iterator[str]:
-    config = uvicorn.Config(
-        create_app(control, TOKEN), host="127.0.0.1", port=0, log_level="warning", lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve(create_app(control, TOKEN)) as url:
+        yield url
 
 
 def console() -> Console:
