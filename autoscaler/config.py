@@ -143,14 +143,28 @@ class GcpCloud(CloudBase):
     credentials_file: Path | None = Field(
         None, description="a service-account JSON key; default: application default credentials"
     )
-    endpoint: str | None = Field(None, description="a Compute Engine API endpoint (tests: a local server)")
+    endpoint: str | None = Field(
+        None,
+        description="a Compute Engine API endpoint (tests: a local server; a plain-http one is called without "
+        "credentials, so that no token is ever sent in clear text)",
+    )
     timeout_seconds: PositiveFloat = Field(30.0, description="every API call's timeout")
     operation_timeout_seconds: PositiveFloat = Field(
         120.0, description="how long a launch waits for its zone operation before the next tick takes over"
     )
+    read_retry_seconds: NonNegFloat = Field(
+        10.0,
+        description="how long one read (list, get, operation wait) retries 429 and 5xx answers; 0: not at all. "
+        "Inserts and deletes are never retried within a tick: the next tick retries them with the same request",
+    )
 
 
 class AzureCloud(CloudBase):
+    regions: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='Azure location -> availability zones to use ("1", "2", "3"); an empty list: regional VMs '
+        "(no zone; their offerings name the location as the zone)",
+    )
     subscription_id: str = Field("", description="the Azure subscription id")
     resource_group: str = Field("", description="the resource group the daemon's VMs and NICs live in")
     endpoint: str | None = Field(None, description="a Resource Manager endpoint (sovereign clouds; tests)")
@@ -158,6 +172,14 @@ class AzureCloud(CloudBase):
     timeout_seconds: PositiveFloat = Field(30.0, description="every API call's timeout")
     operation_timeout_seconds: PositiveFloat = Field(
         300.0, description="how long a launch polls its VM creation before the next tick takes over"
+    )
+    polling_interval_seconds: NonNegFloat = Field(
+        5.0, description="seconds between polls of a long-running operation that sends no Retry-After"
+    )
+    retry_total: Annotated[int, Field(ge=0, le=10)] = Field(
+        2,
+        description="azure-core retries of a read (429, 5xx, connection errors); creates and deletes are "
+        "sent once: the next tick is their retry",
     )
 
 

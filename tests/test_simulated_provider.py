@@ -4,6 +4,7 @@ faults, timelines, thread safety, persistence, build_providers and the clocks.""
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -416,10 +417,25 @@ def test_build_providers_skips_disabled_clouds() -> None:
     assert build_providers(policy, FakeClock(START)) == {}
 
 
-@pytest.mark.parametrize("cloud", ["gcp", "azure"])
-def test_clouds_not_built_yet_are_a_config_error(cloud: str) -> None:
-    clouds = config.Clouds.model_validate({cloud: {}})
-    with pytest.raises(ConfigError, match=f"the {cloud} provider is not part of this build yet"):
+@pytest.mark.parametrize(
+    ("cloud", "sdk", "settings"),
+    [
+        ("aws", "boto3", {"regions": {"us-east-1": []}}),
+        ("gcp", "google.cloud.compute_v1", {"regions": {"us-central1": []}, "project": "p"}),
+        (
+            "azure",
+            "azure.mgmt.compute",
+            {"regions": {"eastus": []}, "subscription_id": "s", "resource_group": "g"},
+        ),
+    ],
+)
+def test_a_cloud_whose_sdk_is_missing_is_a_config_error_naming_the_extra(
+    cloud: str, sdk: str, settings: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delitem(sys.modules, f"providers.{cloud}", raising=False)
+    monkeypatch.setitem(sys.modules, sdk, None)  # as if the extra were not installed
+    clouds = config.Clouds.model_validate({cloud: settings})
+    with pytest.raises(ConfigError, match=rf"pip install 'gpu-autoscaler\[{cloud}\]'"):
         build_providers(config.Policy(clouds=clouds), FakeClock(START))
 
 
