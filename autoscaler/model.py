@@ -102,7 +102,9 @@ class CloudInstance:
 
     @property
     def preempted(self) -> bool:
-        return self.state == CloudState.TERMINATED and "preempt" in self.state_reason.lower()
+        return (
+            self.state in (CloudState.STOPPING, CloudState.TERMINATED) and "preempt" in self.state_reason.lower()
+        )
 
 
 # Tags (labels on GCP) that every instance we launch carries, so that a restart can rebuild state from the

@@ -217,7 +217,16 @@ def _untracked(
     snap: Snapshot,
 ) -> None:
     """A tagged instance with no record is a leak: adopt it into its pool, or terminate it. Never ignore it."""
-    if inst.state in (CloudState.STOPPING, CloudState.TERMINATED):
+    if inst.state == CloudState.TERMINATED:
+        return  # gone: the cloud merely still lists it
+    if inst.state == CloudState.STOPPING:
+        # Ended but not gone (stopped, suspended, shutting down): a stopped VM's disk still bills. Ask again until
+        # the cloud says terminated; terminate is idempotent.
+        obs.intents.append(
+            Terminate(
+                None, inst.pool, inst.offering.cloud, inst.cloud_id, f"ended but still exists: {inst.state_reason}"
+            )
+        )
         return
     pool = policy.pool(inst.pool or "")
     cand = candidate_for(pool, inst.offering) if pool else None

@@ -330,9 +330,9 @@ def test_preempted_spot_instance_shows_terminated_and_preempted(h: Harness) -> N
     inst = h.provider.launch(req(h, "tok-spot", h.offering(Market.SPOT)))
     h.advance(h.boot_seconds or 0)
     setup_or_skip(lambda: h.preempt(inst.cloud_id))
-    after = listed(h)[inst.cloud_id]
-    assert after.state == CloudState.TERMINATED
-    assert after.preempted
+    after = listed(h).get(inst.cloud_id)
+    # Ended: gone, listed as terminated, or (GCE keeps a stopped VM) stopped and still there for the core to delete.
+    assert after is None or (after.state in (CloudState.TERMINATED, CloudState.STOPPING) and after.preempted)
     h.provider.terminate([inst.cloud_id])  # terminating a preempted instance is fine
 
 

@@ -177,3 +177,22 @@ def test_a_paused_pool_is_observed_but_not_acted_on(tmp_path: Path) -> None:
     h.store.set_control("web", PoolControl())
     h.run(ticks=4)
     assert len(h.ready_records()) == 3
+
+
+def test_an_untracked_instance_that_ended_but_still_exists_is_deleted() -> None:
+    """A stopped VM (GCE keeps it, and its disk bills) with no live record is terminated, not ignored."""
+    from datetime import UTC, datetime
+
+    from autoscaler.model import TAG_DAEMON, TAG_INTENT, TAG_POOL, CloudState, OfferingKey, Snapshot, Terminate
+    from autoscaler.reconcile import reconcile
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    key = OfferingKey("simulated", "sim-east", "sim-east-a", "sim.l4x1", Market.SPOT)
+    tags = {TAG_DAEMON: "t", TAG_POOL: "web", TAG_INTENT: "tok"}
+    stopped = CloudInstance("vm-1", key, CloudState.STOPPING, now, tags, "preempted")
+    gone = CloudInstance("vm-2", key, CloudState.TERMINATED, now, tags, "preempted")
+    policy = parse_policy(WEB, "p.yaml").policy
+    snap = Snapshot(now, (), {"simulated": (stopped, gone)}, (), (), {}, {}, {}, tick="t")
+    plan = reconcile(snap, policy)
+    terminated = [i.cloud_id for i in plan.intents if isinstance(i, Terminate)]
+    assert terminated == ["vm-1"]

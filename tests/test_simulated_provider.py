@@ -421,7 +421,7 @@ def test_build_providers_skips_disabled_clouds() -> None:
     ("cloud", "sdk", "settings"),
     [
         ("aws", "boto3", {"regions": {"us-east-1": []}}),
-        ("gcp", "google.cloud.compute_v1", {"regions": {"us-central1": []}, "project": "p"}),
+        ("gcp", "google.cloud", {"regions": {"us-central1": []}, "project": "p"}),
         (
             "azure",
             "azure.mgmt.compute",
