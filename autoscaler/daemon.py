@@ -268,11 +268,13 @@ def _merge_decisions(
     merged = dict(first)
     for name in pools:
         old, new = merged[name], later[name]
+        # A round repeats what did not change (the demand, the desired capacity): keep only what it adds.
+        reasons = [r for r in new.reasons if r not in old.reasons and not r.startswith("fallback round")]
         merged[name] = replace(
             old,
-            reasons=(*old.reasons, *(f"fallback round {round_no}: {r}" for r in new.reasons)),
+            reasons=(*old.reasons, *(f"fallback round {round_no}: {r}" for r in reasons)),
             chosen=(*old.chosen, *(f"fallback round {round_no}: {c}" for c in new.chosen)),
-            skipped=(*old.skipped, *new.skipped),
+            skipped=tuple(dict.fromkeys((*old.skipped, *new.skipped))),
         )
     return merged
 

@@ -50,7 +50,9 @@ class OfferingKey:
     market: Market
 
     def __str__(self) -> str:
-        return f"{self.cloud}/{self.zone}/{self.instance_type}/{self.market}"
+        # AWS and GCE zone names contain their region ("us-east-1a"); Azure's do not ("1"): name the region too.
+        where = self.zone if self.zone.startswith(self.region) else f"{self.region}/{self.zone}"
+        return f"{self.cloud}/{where}/{self.instance_type}/{self.market}"
 
     def as_labels(self) -> dict[str, str]:
         return {
