@@ -16,9 +16,9 @@
 Cloud ids are `<zone>/<instance name>`: delete needs the zone, and the id alone must do after a restart.
 Instance names are `gpua-` + 20 hex characters of the request id. Every call passes an explicit `timeout` and
 `retry` (reads retry 429/5xx for `read_retry_seconds`; inserts and deletes never within a tick). Every error
-is translated by `_gcp_errors`. Preemption: a spot VM that Compute Engine stops shows TERMINATED with a
-"preempted" reason (STOPPING and TERMINATED on the way to deletion too); then, as it is deleted (the default
-spot_termination_action), it disappears from the listing.
+is translated by `_gcp_errors`. Preemption: a spot VM that Compute Engine stops is reported STOPPING with a
+"preempted" reason (GCE's TERMINATED is a stopped VM that still exists, and its disk bills: the core deletes an
+ended instance that no live record holds); a deleted one (the default spot_termination_action) disappears.
 
 The launch template (`pools[].launch_templates.gcp`):
   image       boot disk image, required: projects/debian-cloud/global/images/family/debian-12, or a full URL
@@ -35,7 +35,7 @@ The launch template (`pools[].launch_templates.gcp`):
     external_ip              true: an ephemeral external IP (default false: internal address only)
     network_tags             firewall tags, a list or comma-separated
     spot_termination_action  DELETE (default: Compute Engine deletes a preempted VM and its boot disk) or STOP
-                             (it keeps the stopped VM; the core does not delete ended instances yet: avoid)
+                             (it keeps the stopped VM, which the daemon then deletes on its next tick)
   `accelerator_type`/`accelerator_count` are refused: the GPUs are part of the instance type
   (`n1-standard-8+nvidia-tesla-t4`), so that the offering's price and GPU count include them.
 """
