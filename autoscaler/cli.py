@@ -14,6 +14,7 @@ from rich.console import Console
 
 from autoscaler import __version__
 from autoscaler.config import Policy
+from autoscaler.errors import ProviderError
 from autoscaler.policyfile import LoadedPolicy, PolicyError, load_default_policy, load_policy
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8321"
@@ -88,13 +89,17 @@ def run(policy: Path | None, state_dir: Path | None, admin: str | None, log_leve
     token = read_admin_token(loaded.policy)
     clock = SystemClock()
     store = Store.open(url)
-    daemon = Daemon(
-        loaded,
-        store=store,
-        clock=clock,
-        provider_factory=lambda p: build_providers(p, clock, state_dir=state),
-        policy_path=policy,
-    )
+    try:
+        daemon = Daemon(
+            loaded,
+            store=store,
+            clock=clock,
+            provider_factory=lambda p: build_providers(p, clock, state_dir=state),
+            policy_path=policy,
+        )
+    except ProviderError as exc:  # a cloud or source that cannot be built: say which, and how to fix it
+        store.close()
+        raise click.ClickException(f"{loaded.source}: {exc}") from None
     runner = Runner(daemon, host.strip("[]"), int(port_text), token)
     try:
         runner.start()

@@ -225,7 +225,9 @@ class PrometheusSource(SourceBase):
     type: Literal["prometheus"]
     url: str = Field(description="base URL of the Prometheus server, e.g. http://127.0.0.1:9090")
     query: str = Field(description="instant PromQL query returning one scalar or one-element vector")
-    bearer_token_env: str | None = None
+    bearer_token_env: str | None = Field(None, description="environment variable holding a bearer token")
+    bearer_token_file: Path | None = Field(None, description="file holding a bearer token (read at every query)")
+    ca_file: Path | None = Field(None, description="CA bundle for an https url with a private CA")
     verify_tls: bool = True
 
 
@@ -237,7 +239,62 @@ class HttpSource(SourceBase):
     verify_tls: bool = True
 
 
-MetricSourceConfig = Annotated[SyntheticSource | PrometheusSource | HttpSource, Field(discriminator="type")]
+class Secret(Strict):
+    """Where a password or token comes from: never the policy file itself."""
+
+    env: str | None = Field(None, description="an environment variable holding it")
+    file: Path | None = Field(None, description="a file holding it (e.g. $CREDENTIALS_DIRECTORY/...)")
+
+
+class RedisSource(SourceBase):
+    type: Literal["redis"]
+    url: str = Field(
+        "redis://127.0.0.1:6379/0", description="redis:// or rediss:// (TLS) URL, without a password in it"
+    )
+    mode: Literal["list", "celery", "stream", "zset"] = Field(
+        "list",
+        description="list: LLEN key; celery: LLEN of key and its priority lists (Celery's Redis broker); "
+        "stream: XINFO GROUPS lag + pending of `group`; zset: ZCARD key",
+    )
+    key: str = Field(description="the list, stream or sorted set (for celery: the queue name)")
+    group: str | None = Field(None, description="the stream's consumer group (mode stream)")
+    username: str | None = None
+    password: Secret | None = None
+    ca_file: Path | None = Field(None, description="CA bundle for rediss:// with a private CA")
+    verify_tls: bool = True
+
+
+class RabbitMQSource(SourceBase):
+    type: Literal["rabbitmq"]
+    queue: str
+    via: Literal["amqp", "management"] = Field(
+        "amqp", description="amqp: a passive queue declare (ready count only); management: the HTTP API"
+    )
+    url: str = Field(
+        "amqp://guest@127.0.0.1:5672/%2F", description="amqp(s):// URL (via amqp), without a password in it"
+    )
+    management_url: str = Field("http://127.0.0.1:15672", description="the management API's base URL")
+    vhost: str = "/"
+    username: str = "guest"
+    password: Secret | None = Field(None, description="default: the guest account's well-known password")
+    include_unacked: bool = Field(True, description="count delivered-but-unacknowledged messages (management)")
+    verify_tls: bool = True
+
+
+class SqsSource(SourceBase):
+    type: Literal["sqs"]
+    queue: str = Field(description="the queue's URL, or its name (looked up once)")
+    region: str = "us-east-1"
+    endpoint_url: str | None = Field(None, description="an SQS-compatible endpoint (tests: moto)")
+    profile: str | None = None
+    include_in_flight: bool = Field(True, description="add ApproximateNumberOfMessagesNotVisible")
+    include_delayed: bool = Field(False, description="add ApproximateNumberOfMessagesDelayed")
+
+
+MetricSourceConfig = Annotated[
+    SyntheticSource | PrometheusSource | HttpSource | RedisSource | RabbitMQSource | SqsSource,
+    Field(discriminator="type"),
+]
 
 
 # ---------------------------------------------------------------- pools

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from autoscaler.actuate import Actuator
 from autoscaler.config import Policy
+from autoscaler.errors import ProviderError
 from autoscaler.gather import Gatherer
 from autoscaler.interfaces import Clock, MetricSource, Provider
 from autoscaler.metrics import Metrics
@@ -106,14 +107,25 @@ class Daemon:
             )
             log.error("policy reload rejected, the last good policy stays in force: %s", error)
             return False, error
+        old = self.policy()
+        if new.sha256 == old.sha256:
+            return True, "policy unchanged"
+        try:  # build everything first: a missing library or a bad cloud setting rejects the reload whole
+            rebuild = _provider_inputs(new.policy) != _provider_inputs(old.policy)
+            providers = self._provider_factory(new.policy) if rebuild else None
+            sources = self._build_sources(new.policy)
+        except ProviderError as exc:
+            error = f"{self.policy_path}: {exc}"
+            self.store.record_policy_revision(
+                at=now, sha256=new.sha256, source=new.source, text=new.text, accepted=False, error=error
+            )
+            log.error("policy reload rejected, the last good policy stays in force: %s", error)
+            return False, error
         with self._lock:
-            old = self._loaded
-            if new.sha256 == old.sha256:
-                return True, "policy unchanged"
-            if _provider_inputs(new.policy) != _provider_inputs(old.policy):
-                self._providers = self._provider_factory(new.policy)
+            if providers is not None:
+                self._providers = providers
                 self.gatherer.forget_offerings()
-            self._sources = self._build_sources(new.policy)
+            self._sources = sources
             self._loaded = new
         self.store.record_policy_revision(
             at=now, sha256=new.sha256, source=new.source, text=new.text, accepted=True

@@ -8,6 +8,6 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet -e '.[dev]'
 echo "== ruff check";         .venv/bin/ruff check .
 echo "== ruff format --check"; .venv/bin/ruff format --check .
-echo "== mypy --strict";      .venv/bin/mypy --strict autoscaler providers policies
+echo "== mypy --strict";      .venv/bin/mypy --strict autoscaler providers policies metrics_sources
 echo "== import contracts";   .venv/bin/lint-imports
 echo "== pytest";             .venv/bin/python -m pytest -q "$@"

@@ -7,9 +7,11 @@ with per-source timeouts, `combine` turns one pool's samples into its Demand (or
 
 from __future__ import annotations
 
+import importlib
 from datetime import datetime
 
-from autoscaler.config import HttpSource, Pool, PrometheusSource, SyntheticSource
+from autoscaler.config import HttpSource, MetricSourceConfig, Pool, PrometheusSource, SyntheticSource
+from autoscaler.errors import ConfigError
 from autoscaler.interfaces import MetricSource
 from autoscaler.sources.combine import combine
 from autoscaler.sources.http_json import HttpJson
@@ -20,8 +22,13 @@ from autoscaler.sources.synthetic import Synthetic
 __all__ = ["HttpJson", "Prometheus", "Synthetic", "build_sources", "combine", "read_samples"]
 
 
+# Source types whose module lives in metrics_sources/ (they need a client library), with the extra to install.
+LIBRARY_SOURCES = {"redis": "redis", "rabbitmq": "rabbitmq", "sqs": "aws"}
+
+
 def build_sources(pool: Pool, started_at: datetime) -> list[MetricSource]:
-    """The pool's sources in policy order. `started_at` is t = 0 of synthetic curves (the daemon's start)."""
+    """The pool's sources in policy order. `started_at` is t = 0 of synthetic curves (the daemon's start).
+    Raises ConfigError when a source's client library is not installed."""
     out: list[MetricSource] = []
     for cfg in pool.metrics:
         if isinstance(cfg, SyntheticSource):
@@ -30,6 +37,19 @@ def build_sources(pool: Pool, started_at: datetime) -> list[MetricSource]:
             out.append(Prometheus(cfg))
         elif isinstance(cfg, HttpSource):
             out.append(HttpJson(cfg))
-        else:  # pragma: no cover - the policy's discriminated union admits nothing else
-            raise TypeError(f"unknown metric source type {type(cfg).__name__}")
+        else:
+            out.append(_library_source(cfg))
     return out
+
+
+def _library_source(cfg: MetricSourceConfig) -> MetricSource:
+    try:
+        module = importlib.import_module(f"metrics_sources.{cfg.type}")
+    except ImportError as exc:
+        extra = LIBRARY_SOURCES.get(cfg.type, cfg.type)
+        raise ConfigError(
+            f"metric source {cfg.name!r} ({cfg.type}) needs the {exc.name} package: "
+            f"pip install 'gpu-autoscaler[{extra}]'"
+        ) from None
+    source: MetricSource = module.build(cfg)
+    return source
