@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from autoscaler.config import Policy
 from autoscaler.health import HealthChecker
 from autoscaler.interfaces import Clock, MetricSource, Provider
-from autoscaler.model import CloudInstance, Offering, Sample, ScalingState, Snapshot
+from autoscaler.model import CloudInstance, Demand, Offering, Sample, ScalingState, Snapshot
 from autoscaler.sources import combine, read_samples
 from autoscaler.store import Store
 
@@ -55,6 +55,8 @@ class Gatherer:
         self.max_workers = max_workers
         self.health = HealthChecker()
         self._offerings: dict[str, _CachedOfferings] = {}
+        self._source_errors: dict[tuple[str, str], str] = {}
+        self._holding: dict[str, str] = {}
         self.report = GatherReport()
 
     def gather(
@@ -78,6 +80,7 @@ class Gatherer:
         records = self.store.instances(live_only=True)
         health = self.health.check(policy, records, cloud_instances)
         demand = {pool.name: combine(pool, samples.get(pool.name, []), now) for pool in policy.pools}
+        self._log_changes(demand)
         report.samples = samples
         self.report = report
         offerings = tuple(
@@ -125,6 +128,24 @@ class Gatherer:
                 continue
             self._offerings[name] = _CachedOfferings(now, offerings)
             self.store.record_prices(offerings, now)
+
+    def _log_changes(self, demand: Mapping[str, Demand]) -> None:
+        """Say when a source goes down or comes back, and when a pool starts or stops holding: once per change,
+        not once per tick (a broker down for an hour must not write 240 identical lines)."""
+        errors = {(pool, s.source): s.error for pool, d in demand.items() for s in d.samples if s.error}
+        for (pool, source), error in errors.items():
+            if self._source_errors.get((pool, source)) is None:
+                log.warning("metric source %s of pool %s is failing: %s", source, pool, error)
+        for pool, source in self._source_errors.keys() - errors.keys():
+            log.info("metric source %s of pool %s answers again", source, pool)
+        self._source_errors = errors
+        holding = {pool: d.hold_reason for pool, d in demand.items() if d.hold}
+        for pool, reason in holding.items():
+            if pool not in self._holding:
+                log.warning("pool %s holds its capacity: %s", pool, reason)
+        for pool in self._holding.keys() - holding.keys():
+            log.info("pool %s scales on its signals again", pool)
+        self._holding = holding
 
     def forget_offerings(self) -> None:
         """Drop the cache (after a policy reload changed the clouds)."""

@@ -3,8 +3,13 @@ reload, and a loop that survives cloud errors."""
 
 from __future__ import annotations
 
+import http.server
+import logging
+import threading
 from datetime import timedelta
 from pathlib import Path
+
+import pytest
 
 from autoscaler.errors import TransientError
 from autoscaler.lifecycle import InstanceState
@@ -176,3 +181,41 @@ def test_a_refused_request_blocks_the_offering_and_falls_back_in_the_same_tick(t
     h.run(ticks=6)
     assert sum(r.capacity_units for r in h.ready_records()) == 16
     assert h.cloud.calls["launch"] == launches, "the refused offering is not asked again while blocked"
+
+
+def test_a_failing_source_is_logged_once_and_its_recovery_too(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    answer = {"body": b"not json"}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(answer["body"])
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/stats"
+    policy = SYNTHETIC.replace(
+        "      - {name: q, type: synthetic, kind: queue, base: 80}",
+        f"      - {{name: q, type: http, kind: queue, url: '{url}', field: depth, timeout_seconds: 2}}",
+    )
+    h = Harness.start(policy, tmp_path)
+    try:
+        with caplog.at_level(logging.INFO, logger="autoscaler.gather"):
+            h.run(ticks=4)
+            assert h.store.decisions(pool="llm", limit=1)[0].decision.signal == "hold"
+            answer["body"] = b'{"depth": 40}'
+            h.run(ticks=3)
+    finally:
+        server.shutdown()
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "metric source q of pool llm is failing" in m]) == 1
+    assert len([m for m in messages if "pool llm holds its capacity" in m]) == 1
+    assert len([m for m in messages if "metric source q of pool llm answers again" in m]) == 1
+    assert len([m for m in messages if "pool llm scales on its signals again" in m]) == 1
+    assert h.store.decisions(pool="llm", limit=1)[0].decision.signal == "queue"
