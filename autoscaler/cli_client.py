@@ -95,6 +95,28 @@ def _controls(pool: dict[str, Any]) -> str:
     return ", ".join(parts) or "-"
 
 
+def _sources_cell(pool: dict[str, Any]) -> str:
+    """How many of the pool's metric sources are up ("1/2 up"), and "HOLDING" when the pool holds."""
+    sources = pool.get("sources") or []
+    words = [f"{sum(1 for s in sources if s.get('up'))}/{len(sources)} up"] if sources else []
+    if pool.get("holding"):
+        words.append("HOLDING")
+    return ", ".join(words) or "-"
+
+
+def _source_words(src: dict[str, Any]) -> str:
+    up = src.get("up")
+    state = "not read yet" if up is None else "DOWN" if not up else "STALE" if src.get("stale") else "up"
+    words = [f"{src['name']} ({src.get('type', '?')}, {src.get('kind', '?')}): {state}"]
+    if src.get("value") is not None:
+        words.append(f"value {_num(src['value'])}")
+    if src.get("age_seconds") is not None:
+        words.append(f"newest reading {_duration(src['age_seconds'])} old")
+    text = ", ".join(words)
+    error = src.get("error") or ""
+    return f"{text}; {error}" if error and error != "not read yet" else text
+
+
 def status_table(base_url: str, console: Console) -> int:
     fetched = _fetch(base_url, console, "/v1/pools", "/v1/capacity")
     if isinstance(fetched, int):
@@ -102,7 +124,8 @@ def status_table(base_url: str, console: Console) -> int:
     pools, capacity = fetched
 
     table = Table(title="Pools", title_justify="left")
-    for column in ("Pool", "Desired", "Ready", "Booting", "Spend $/h", "Signal", "Control", "Last decision"):
+    columns = ("Pool", "Desired", "Ready", "Booting", "Spend $/h", "Signal", "Sources", "Control", "Last decision")
+    for column in columns:
         table.add_column(
             column, justify="right" if column in ("Desired", "Ready", "Booting", "Spend $/h") else "left"
         )
@@ -115,11 +138,15 @@ def status_table(base_url: str, console: Console) -> int:
             _num(p.get("booting")),
             "-" if p.get("spend_usd_per_hour") is None else f"{p['spend_usd_per_hour']:.2f}",
             p.get("signal") or "-",
+            _sources_cell(p),
             _controls(p),
             "never" if age is None else f"{_duration(age)} ago",
         )
     if pools:
         console.print(table)
+        for p in pools:
+            if p.get("holding"):
+                _say(console, f"Pool {p['name']} is holding its capacity: {p.get('hold_reason') or '?'}", "yellow")
     else:
         _say(console, "The policy in force has no pools.")
 
@@ -168,6 +195,24 @@ def explain(base_url: str, pool: str, console: Console) -> int:
             [f"{s['offering']}: {s['reason']}" for s in d["skipped"]],
             none="Skipped: no offering was passed over.",
         )
+    sources = body.get("sources", [])
+    if sources:
+        read = body.get("sources_read_at")
+        _bullets(
+            console,
+            f"Metric sources (read at {read}):" if read else "Metric sources:",
+            [_source_words(src) for src in sources],
+        )
+    else:
+        _say(console, "Metric sources: none configured.")
+    if body.get("holding"):
+        _say(
+            console,
+            f"The pool is HOLDING its capacity until the data is good again: {body.get('hold_reason') or '?'}",
+            "yellow",
+        )
+    elif sources and body.get("sources_read_at"):
+        _say(console, "Not holding: the pool scales on its sources.")
     _say(console, f"Operator controls: {_control_words(body['control'])}.")
     events = body.get("capacity_events", [])
     _bullets(

@@ -68,6 +68,7 @@ class Daemon:
         self._missing_since: dict[str, datetime] = {}  # see Snapshot.missing_since; a restart starts afresh
         self.gatherer = Gatherer(store, clock, max_workers=loaded.policy.daemon.max_parallel_cloud_calls)
         self.last_plan: Plan | None = None
+        self.last_snapshot: Snapshot | None = None  # what the last tick observed: the API's view of the sources
         self._last_prune: datetime | None = None
         self.last_tick_finished: float | None = None  # monotonic seconds
         self.last_tick_error: str = ""
@@ -125,8 +126,9 @@ class Daemon:
             if providers is not None:
                 self._providers = providers
                 self.gatherer.forget_offerings()
-            self._sources = sources
+            retired, self._sources = self._sources, sources
             self._loaded = new
+        _close_sources(retired)
         self.store.record_policy_revision(
             at=now, sha256=new.sha256, source=new.source, text=new.text, accepted=True
         )
@@ -222,10 +224,12 @@ class Daemon:
             self.store.record_decisions(now, decisions)
             plan = replace(plan, decisions=decisions)
             duration = time.perf_counter() - started
-            self.metrics.observe_tick(self._final_snapshot(snapshot), plan, duration)
+            final = self._final_snapshot(snapshot)
+            self.metrics.observe_tick(final, plan, duration)
             self.metrics.set_blocks(self.store.blocks(now=self.clock.now()), self.clock.now())
             self._prune_now_and_then(policy)
             self.last_plan = plan
+            self.last_snapshot = final  # after observe_tick: the API pairs it with the metrics' last good readings
             self.last_tick_finished = time.monotonic()
             self.last_tick_error = ""
             return plan
@@ -289,6 +293,18 @@ def _merge_decisions(
             skipped=tuple(dict.fromkeys((*old.skipped, *new.skipped))),
         )
     return merged
+
+
+def _close_sources(sources: Mapping[str, list[MetricSource]]) -> None:
+    """Close the connections of sources a reload replaced (brokers log connections dropped without a goodbye)."""
+    for pool_sources in sources.values():
+        for source in pool_sources:
+            close = getattr(source, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception:  # a broker already gone: nothing to close politely
+                    log.debug("closing metric source %s failed", source.name, exc_info=True)
 
 
 def _read_quietly(path: Path) -> str:

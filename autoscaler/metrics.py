@@ -4,23 +4,47 @@ A registry per daemon (never prometheus_client's global one) lets several daemon
 process without "duplicated timeseries" errors. The per-tick gauges are cleared and set again from each tick's
 Snapshot and Plan, so a pool, state or offering that disappears also disappears from the exposition instead of
 reporting its last value forever. Counters only ever grow, as Prometheus expects.
+
+Metric source health (from each tick's Snapshot.demand): `gpu_autoscaler_metric_source_up{pool,source}` is 1 when
+the source's read gave a usable value (it answered, in time, with a finite number >= 0) and 0 when it did not
+(unreachable, timed out, garbage, NaN); `gpu_autoscaler_metric_source_age_seconds{pool,source}` is how old the
+newest usable reading is, and keeps growing while the source is down (absent until it gave one); and
+`gpu_autoscaler_pool_holding{pool}` is 1 while the pool holds its capacity because its data cannot be trusted
+(a source down or stale past the pool's max_metric_age_seconds). All three recover by themselves with the data.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import Counter as Tally
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from autoscaler.model import Block, FailureKind, OfferingKey, Plan, Snapshot
+from autoscaler.model import Block, FailureKind, OfferingKey, Plan, Sample, Snapshot
+from autoscaler.sources.combine import problem
 
 OFFERING_LABELS = ("cloud", "region", "zone", "instance_type", "market")
 
 # Ticks normally take well under a second, but a slow cloud API can stretch one to many seconds.
 TICK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+def read_problem(sample: Sample, now: datetime) -> str:
+    """What makes the reading itself unusable (no answer, an error, no value, NaN, infinite, negative, no time),
+    or "" when it is a usable reading. Its age is not judged here: that needs the pool's limit."""
+    return problem(sample, now, math.inf)
+
+
+@dataclass(frozen=True)
+class SourceReading:
+    """The newest usable reading of one source that the metrics have seen."""
+
+    observed_at: datetime
+    value: float
 
 
 class Metrics:
@@ -79,6 +103,29 @@ class Metrics:
             "Unix time of the last completed tick (by the daemon's clock)",
             registry=r,
         )
+        self.source_up = Gauge(
+            "gpu_autoscaler_metric_source_up",
+            "1 when the metric source's last read gave a usable value (it answered in time with a finite "
+            "number >= 0), 0 when it did not",
+            ["pool", "source"],
+            registry=r,
+        )
+        self.source_age = Gauge(
+            "gpu_autoscaler_metric_source_age_seconds",
+            "Age of the source's newest usable reading at the last tick (by the daemon's clock); it keeps "
+            "growing while the source is down, and is absent until the source gave one",
+            ["pool", "source"],
+            registry=r,
+        )
+        self.pool_holding = Gauge(
+            "gpu_autoscaler_pool_holding",
+            "1 when the pool holds its capacity because its metric data cannot be trusted (a source down, "
+            "answering garbage or stale past max_metric_age_seconds), else 0",
+            ["pool"],
+            registry=r,
+        )
+        # (pool, source) -> its newest usable reading, so that the age of a source that went down keeps growing.
+        self._last_good: dict[tuple[str, str], SourceReading] = {}
 
     def observe_tick(self, snapshot: Snapshot, plan: Plan, duration_seconds: float) -> None:
         counts: Tally[tuple[str, str, str, str]] = Tally()
@@ -100,6 +147,34 @@ class Metrics:
                 self.spend.labels(pool=pool).set(usd)
             self.tick_duration.observe(max(duration_seconds, 0.0))
             self.last_tick.set(plan.now.timestamp())
+            self._observe_sources(snapshot)
+
+    def _observe_sources(self, snapshot: Snapshot) -> None:
+        """Source and hold gauges from the tick's demand (the caller holds the lock)."""
+        now = snapshot.now
+        for gauge in (self.source_up, self.source_age, self.pool_holding):
+            gauge.clear()
+        seen: set[tuple[str, str]] = set()
+        for pool, demand in snapshot.demand.items():
+            self.pool_holding.labels(pool=pool).set(1 if demand.hold else 0)
+            for sample in demand.samples:
+                key = (pool, sample.source)
+                seen.add(key)
+                up = not read_problem(sample, now)
+                if up and sample.observed_at is not None and sample.value is not None:
+                    self._last_good[key] = SourceReading(sample.observed_at, sample.value)
+                self.source_up.labels(pool=pool, source=sample.source).set(1 if up else 0)
+                if (good := self._last_good.get(key)) is not None:
+                    age = max((now - good.observed_at).total_seconds(), 0.0)
+                    self.source_age.labels(pool=pool, source=sample.source).set(age)
+        # A source or pool that left the policy leaves no memory behind.
+        for key in self._last_good.keys() - seen:
+            del self._last_good[key]
+
+    def last_good_reading(self, pool: str, source: str) -> SourceReading | None:
+        """The newest usable reading of the source seen by a tick so far (None when it never gave one)."""
+        with self._lock:
+            return self._last_good.get((pool, source))
 
     def count_tick_failure(self) -> None:
         self.tick_failures.inc()

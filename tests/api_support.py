@@ -29,6 +29,7 @@ from autoscaler.model import (
     PoolDecision,
     Scope,
     Skipped,
+    Snapshot,
 )
 from autoscaler.policyfile import LoadedPolicy, PolicyError, load_default_policy, load_policy
 from autoscaler.store import Store
@@ -66,6 +67,7 @@ class TestControl:
     metrics: Metrics = field(default_factory=Metrics)
     alive: tuple[bool, str] = (True, "last tick 3s ago")
     ready: tuple[bool, str] = (True, "a tick completed 3s ago")
+    last_snapshot: Snapshot | None = None  # the daemon sets it at the end of each tick; tests set it by hand
 
     def policy(self) -> LoadedPolicy:
         return self.loaded

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from autoscaler.api.app import create_app
 from autoscaler.lifecycle import InstanceState
-from autoscaler.model import FailureKind, Market, Plan, PoolControl, Snapshot
+from autoscaler.model import Demand, FailureKind, Market, Plan, PoolControl, Sample, Snapshot
 from autoscaler.policyfile import default_policy_text
 from autoscaler.store import Store
 from tests.api_support import (
@@ -54,12 +54,13 @@ def observe(control: TestControl) -> None:
         cloud_instances={},
         offerings=(),
         blocks=tuple(control.store.blocks()),
-        demand={},
+        demand={POOL: Demand(120.0, None, (Sample("request-queue", "queue", 120.0, T0 - timedelta(seconds=2)),))},
         scaling_state={},
         controls={},
     )
     plan = Plan(now=T0, intents=(), decisions={POOL: DECISION}, scaling_state={})
     control.metrics.observe_tick(snap, plan, 0.2)
+    control.last_snapshot = snap
 
 
 # ------------------------------------------------------------------ health, metrics, docs
@@ -111,6 +112,9 @@ def test_metrics_exposes_every_name_after_a_tick(client: TestClient, control: Te
         ("gpu_autoscaler_tick_duration_seconds_count", set(), 1),
         ("gpu_autoscaler_tick_failures_total", set(), 1),
         ("gpu_autoscaler_last_tick_timestamp_seconds", set(), T0.timestamp()),
+        ("gpu_autoscaler_metric_source_up", {*pool, ("source", "request-queue")}, 1),
+        ("gpu_autoscaler_metric_source_age_seconds", {*pool, ("source", "request-queue")}, 2),
+        ("gpu_autoscaler_pool_holding", pool, 0),
     ]
     for name, labels, value in expected:
         assert got.get((name, frozenset(labels))) == pytest.approx(value), (name, labels)
@@ -131,6 +135,7 @@ def test_metrics_drop_label_sets_that_vanished(control: TestControl) -> None:
     assert 'state="ready"' not in text and 'state="pending"' not in text
     assert "gpu_autoscaler_pool_desired_capacity{" not in text
     assert "gpu_autoscaler_blocked_offerings{" not in text
+    assert "gpu_autoscaler_metric_source_up{" not in text and "gpu_autoscaler_pool_holding{" not in text
 
 
 def test_openapi_and_docs_are_served(client: TestClient) -> None:
@@ -138,6 +143,8 @@ def test_openapi_and_docs_are_served(client: TestClient) -> None:
     for path in ("/v1/pools", "/v1/pools/{pool}/explain", "/v1/capacity/unblock", "/v1/policy/reload"):
         assert path in spec["paths"]
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
+    assert {"holding", "hold_reason", "sources"} <= spec["components"]["schemas"]["PoolOut"]["properties"].keys()
+    assert "age_seconds" in spec["components"]["schemas"]["SourceOut"]["properties"]
     assert client.get("/docs").status_code == 200
 
 
@@ -155,6 +162,38 @@ def test_pools_show_the_last_decision_and_controls(client: TestClient, control: 
     assert pool["override"]["capacity"] == 16
     assert pool["last_decision_age_seconds"] == 5
     assert pool["signal"] == "queue request-queue=120" and pool["reasons"] == list(DECISION.reasons)
+    # no tick yet: the policy's source is listed, not read yet, and the pool does not hold
+    assert (pool["holding"], pool["hold_reason"], pool["sources_read_at"]) == (False, "", None)
+    (source,) = pool["sources"]
+    assert (source["name"], source["type"], source["up"], source["error"]) == (
+        "request-queue",
+        "synthetic",
+        None,
+        "not read yet",
+    )
+
+
+def test_pools_and_explain_show_the_sources_of_the_last_tick(client: TestClient, control: TestControl) -> None:
+    observe(control)
+    control.clock.advance(10)
+    expected = {
+        "name": "request-queue",
+        "type": "synthetic",
+        "kind": "queue",
+        "up": True,
+        "value": 120.0,
+        "observed_at": "2025-03-01T11:59:58Z",
+        "age_seconds": 12.0,
+        "stale": False,
+        "error": "",
+    }
+    for body in (client.get("/v1/pools").json()[0], client.get(f"/v1/pools/{POOL}/explain").json()):
+        assert body["sources"] == [expected]
+        assert (body["holding"], body["hold_reason"], body["sources_read_at"]) == (
+            False,
+            "",
+            "2025-03-01T12:00:00Z",
+        )
 
 
 def test_pool_detail_and_unknown_pool(client: TestClient) -> None:

@@ -11,7 +11,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Security
@@ -69,6 +69,27 @@ def create_app(control: DaemonControl, token: str | None) -> FastAPI:
         rows = control.store.decisions(pool=name, limit=1)
         return rows[0] if rows else None
 
+    def signals(pool: config.Pool, now: datetime) -> dict[str, object]:
+        """The pool's metric sources and hold, from the daemon's last snapshot (and, for a source that is down,
+        the metrics' memory of its last usable reading)."""
+        snapshot = control.last_snapshot
+        demand = snapshot.demand.get(pool.name) if snapshot is not None else None
+        read_at = snapshot.now if snapshot is not None and demand is not None else None
+        samples = {sample.source: sample for sample in demand.samples} if demand is not None else {}
+        limit = pool.scaling.max_metric_age_seconds
+        sources = [
+            s.SourceOut.of(
+                cfg,
+                samples.get(cfg.name),
+                control.metrics.last_good_reading(pool.name, cfg.name),
+                read_at,
+                now,
+                limit,
+            )
+            for cfg in pool.metrics
+        ]
+        return s.signal_fields(demand, read_at, sources)
+
     def pool_out(pool: config.Pool, controls: dict[str, PoolControl], live: Counter[str]) -> s.PoolOut:
         now = control.clock.now()
         row = last_decision(pool.name)
@@ -90,6 +111,7 @@ def create_app(control: DaemonControl, token: str | None) -> FastAPI:
             last_decision_age_seconds=max((now - row.at).total_seconds(), 0.0) if row else None,
             signal=d.signal if d else "",
             reasons=list(d.reasons) if d else [],
+            **signals(pool, now),
         )
 
     def control_out(name: str) -> s.ControlOut:
@@ -159,6 +181,7 @@ def create_app(control: DaemonControl, token: str | None) -> FastAPI:
             decision=s.DecisionOut.of(row, now) if row else None,
             control=control_out(pool),
             capacity_events=[s.CapacityEventOut.of(e) for e in events],
+            **signals(cfg, now),
         )
 
     @app.post(

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from autoscaler.interfaces import Clock
     from autoscaler.metrics import Metrics
+    from autoscaler.model import Snapshot
     from autoscaler.policyfile import LoadedPolicy
     from autoscaler.store import Store
 
@@ -25,6 +26,12 @@ class DaemonControl(Protocol):
 
     @property
     def metrics(self) -> Metrics: ...
+
+    @property
+    def last_snapshot(self) -> Snapshot | None:
+        """What the last completed tick observed (read for each pool's metric sources and hold reason, in
+        Snapshot.demand); None before the first tick. A Snapshot is immutable: reading it needs no lock."""
+        ...
 
     def policy(self) -> LoadedPolicy:
         """The policy in force."""

@@ -9,14 +9,18 @@ errors.ControlCharacterGate, JSON bodies by `_Request`, so every request model g
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from autoscaler.config import MetricSourceConfig
 from autoscaler.lifecycle import InstanceState
-from autoscaler.model import Block, InstanceRecord, Market, OfferingKey, PoolControl, PoolDecision
+from autoscaler.metrics import SourceReading, read_problem
+from autoscaler.model import Block, Demand, InstanceRecord, Market, OfferingKey, PoolControl, PoolDecision, Sample
+from autoscaler.sources.combine import problem
 from autoscaler.store import CapacityEventRow, DecisionRow, HistoryEntry, PolicyRevisionRow, PriceRow
 
 MAX_OVERRIDE_TTL_SECONDS = 7 * 24 * 3600.0
@@ -177,6 +181,75 @@ class CandidateOut(BaseModel):
     throughput: float
 
 
+class SourceOut(BaseModel):
+    """One metric source of a pool, as the daemon's last tick read it."""
+
+    name: str
+    type: str = Field(description="prometheus, http, synthetic, redis, ...")
+    kind: str = Field(description="queue or latency")
+    up: bool | None = Field(
+        description="the last tick's read gave a usable value (an answer in time, a finite number >= 0); "
+        "null: not read yet"
+    )
+    value: float | None = Field(description="the last tick's reading; null when it failed or was not finite")
+    observed_at: datetime | None = Field(
+        description="when the newest usable reading was observed: the last tick's, or while the source is "
+        "down the last one before; null when it never gave one"
+    )
+    age_seconds: float | None = Field(description="age of that reading now, by the daemon's clock")
+    stale: bool = Field(description="that reading is older than the pool's max_metric_age_seconds")
+    error: str = Field(description="why the source cannot be scaled on now; empty when it can")
+
+    @classmethod
+    def of(
+        cls,
+        cfg: MetricSourceConfig,
+        sample: Sample | None,
+        last_good: SourceReading | None,
+        read_at: datetime | None,
+        now: datetime,
+        max_age_seconds: float,
+    ) -> SourceOut:
+        earlier = last_good.observed_at if last_good is not None else None
+        if sample is None or read_at is None:
+            up, value, observed_at, error = None, None, earlier, "not read yet"
+        else:
+            up = not read_problem(sample, read_at)
+            finite = sample.value is not None and math.isfinite(sample.value)
+            value = sample.value if finite else None
+            observed_at = sample.observed_at if up else earlier
+            # The reading's own problem, or (judged now, by the pool's limit) its staleness.
+            error = problem(sample, now, max_age_seconds)
+        age = max(_seconds(now, observed_at), 0.0) if observed_at is not None else None
+        return cls(
+            name=cfg.name,
+            type=cfg.type,
+            kind=cfg.kind,
+            up=up,
+            value=value,
+            observed_at=observed_at,
+            age_seconds=age,
+            stale=age is not None and age > max_age_seconds,
+            error=error,
+        )
+
+
+HOLDING = (
+    "the pool holds its capacity because its metric data cannot be trusted (no scale-in on missing data, no "
+    "scale-out on garbage); it scales on its signals again by itself once the data is good"
+)
+
+
+def signal_fields(demand: Demand | None, read_at: datetime | None, sources: list[SourceOut]) -> dict[str, object]:
+    """The fields PoolOut and ExplainOut share about the pool's demand signals, from the last tick's Demand."""
+    return {
+        "holding": bool(demand is not None and demand.hold),
+        "hold_reason": demand.hold_reason if demand is not None else "",
+        "sources_read_at": read_at if demand is not None else None,
+        "sources": sources,
+    }
+
+
 class PoolOut(BaseModel):
     name: str
     min_capacity: float
@@ -193,6 +266,10 @@ class PoolOut(BaseModel):
     last_decision_age_seconds: float | None = Field(description="by the daemon's clock")
     signal: str
     reasons: list[str]
+    holding: bool = Field(description=HOLDING)
+    hold_reason: str = Field(description="each source and what is wrong with it; empty when not holding")
+    sources_read_at: datetime | None = Field(description="when the last tick read the sources; null before")
+    sources: list[SourceOut] = Field(description="the pool's metric sources, in policy order")
 
 
 class PoolDetailOut(PoolOut):
@@ -227,6 +304,10 @@ class ExplainOut(BaseModel):
     capacity_events: list[CapacityEventOut] = Field(
         description="recent capacity events of this pool, newest first"
     )
+    holding: bool = Field(description=HOLDING)
+    hold_reason: str = Field(description="each source and what is wrong with it; empty when not holding")
+    sources_read_at: datetime | None = Field(description="when the last tick read the sources; null before")
+    sources: list[SourceOut] = Field(description="the pool's metric sources, in policy order")
 
 
 class BlockOut(BaseModel):

@@ -46,6 +46,12 @@ def _library_source(cfg: MetricSourceConfig) -> MetricSource:
     try:
         module = importlib.import_module(f"metrics_sources.{cfg.type}")
     except ImportError as exc:
+        if (exc.name or "").startswith(
+            "metrics_sources"
+        ):  # our own module: a broken installation, not a missing extra
+            raise ConfigError(
+                f"metric source type {cfg.type!r} is missing from this installation: {exc}"
+            ) from None
         extra = LIBRARY_SOURCES.get(cfg.type, cfg.type)
         raise ConfigError(
             f"metric source {cfg.name!r} ({cfg.type}) needs the {exc.name} package: "

@@ -1,6 +1,18 @@
 """A Prometheus instant query (GET /api/v1/query) that must answer one number: a scalar or a one-element vector.
 
-The sample's timestamp is the one Prometheus returns, so a stale answer is visible to `combine`.
+The query is evaluated at the daemon's `now` (the `time` parameter) and the Sample's `observed_at` is the
+timestamp Prometheus puts on the result. For an instant query that is the evaluation time, not the time the
+underlying series was scraped: Prometheus itself deals with data that stopped coming. When a scrape target stops
+answering, Prometheus marks its series stale at the next failed scrape and the query returns no series, which is
+an error Sample here, so the pool holds within one scrape interval (tests/test_source_prometheus.py shows it
+against a real server). A series that ends without a staleness marker (federation, remote write, a Prometheus
+restart) still answers for Prometheus's lookback delta (5 minutes by default); `timestamp(metric)` gives a plain
+series' own scrape time if that matters.
+
+Authentication and TLS: a bearer token from `bearer_token_env` or `bearer_token_file` (read at every query, so
+a rotated token is used at once; the environment variable wins when both are set), basic auth from the URL's
+userinfo, and for https a private CA from `ca_file` (or no verification with `verify_tls: false`). No error
+message ever carries the token, the URL's password or its query values.
 """
 
 from __future__ import annotations
@@ -8,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -15,6 +28,8 @@ from autoscaler.config import PrometheusSource
 from autoscaler.model import Sample
 from autoscaler.sources import _http
 from autoscaler.sources._http import FetchError
+
+MAX_TOKEN_BYTES = 16384
 
 
 class Prometheus:
@@ -43,11 +58,8 @@ class Prometheus:
 
     def _query(self, now: datetime) -> tuple[float, datetime]:
         headers = {"Accept": "application/json"}
-        if self.cfg.bearer_token_env:
-            # Read on every query, so a rotated token is picked up without a restart.
-            token = os.environ.get(self.cfg.bearer_token_env, "")
-            if not token:
-                raise FetchError(f"environment variable {self.cfg.bearer_token_env} (the bearer token) is not set")
+        token = bearer_token(self.cfg.bearer_token_env, self.cfg.bearer_token_file)
+        if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         params = {"query": self.cfg.query, "time": f"{now.timestamp():.3f}"}
         status, body = _http.get(
@@ -55,9 +67,51 @@ class Prometheus:
             params=params,
             headers=headers,
             timeout=self.cfg.timeout_seconds,
-            verify=self.cfg.verify_tls,
+            verify=_http.tls_verify(self.cfg.verify_tls, self.cfg.ca_file),
         )
         return parse_response(status, body)
+
+
+def bearer_token(env: str | None, file: Path | None) -> str | None:
+    """The bearer token, read now (so a rotated one is picked up without a restart): from the environment
+    variable `env` when it is set, else from `file`; None when neither is configured. Raises FetchError naming
+    the variable or file, never saying anything about its content."""
+    if not env and file is None:
+        return None
+    missing: list[str] = []
+    if env:
+        token = os.environ.get(env, "").strip()
+        if token:
+            return _checked_token(token, f"environment variable {env}")
+        missing.append(f"environment variable {env} (the bearer token) is not set")
+    if file is not None:
+        try:
+            with file.open("rb") as f:
+                raw = f.read(MAX_TOKEN_BYTES + 1)  # bounded: a path to a log or /dev/zero by mistake
+            if len(raw) > MAX_TOKEN_BYTES:
+                raise FetchError(f"bearer token file {file} is larger than {MAX_TOKEN_BYTES} bytes: not a token")
+            token = raw.decode("utf-8").strip()
+        except FileNotFoundError:
+            missing.append(f"bearer token file {file} does not exist")
+        except UnicodeDecodeError:
+            raise FetchError(f"bearer token file {file} is not UTF-8 text") from None
+        except OSError as exc:
+            raise FetchError(
+                f"bearer token file {file} cannot be read: {exc.strerror or type(exc).__name__}"
+            ) from None
+        else:
+            if token:
+                return _checked_token(token, f"bearer token file {file}")
+            missing.append(f"bearer token file {file} is empty")
+    raise FetchError(" and ".join(missing))
+
+
+def _checked_token(token: str, where: str) -> str:
+    # A header value must be visible ASCII: anything else would fail inside the HTTP library, whose message
+    # could quote the token.
+    if not all("!" <= c <= "~" for c in token):
+        raise FetchError(f"{where} holds a character a bearer token cannot contain (space, control or non-ASCII)")
+    return token
 
 
 def parse_response(status: int, body: bytes) -> tuple[float, datetime]:
