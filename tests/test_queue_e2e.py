@@ -9,7 +9,6 @@ daemon ticks, the clock moves 5 s.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.brokers import require_rabbitmq, require_redis
+from tests.brokers import free_port, require_rabbitmq, require_redis, require_redis_server_binary
 from tests.daemon_harness import Harness
 
 POLICY = """
@@ -137,17 +136,8 @@ def test_rabbitmq_queue_backlog_scales_up_drains_and_scales_back_down(tmp_path: 
         connection.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        require_redis()  # skips, or fails under GPU_AUTOSCALER_REQUIRE_SERVICES=1, with its reason
-        pytest.skip("redis-server is not installed")
+    binary = require_redis_server_binary()  # skips, or fails under GPU_AUTOSCALER_REQUIRE_SERVICES=1
     proc = subprocess.Popen(
         [
             binary,
