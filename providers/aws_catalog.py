@@ -23,20 +23,18 @@ import csv
 import io
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
-from importlib import resources
 from pathlib import Path
+
+from providers import _catalog_files
+from providers._catalog_files import CatalogFormatError as CatalogFormatError
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ("instance_type", "region", "on_demand_usd_per_hour", "gpus", "gpu", "source", "as_of")
-SHIPPED_RESOURCE = "data/aws_on_demand.csv"
-OVERLAY_DIR = "prices"
-OVERLAY_NAME = "aws_on_demand.csv"
+CATALOG_FILE = "aws_on_demand.csv"  # shipped under providers/data/, refreshed under <state_dir>/prices/
 
 
 @dataclass(frozen=True)
@@ -55,13 +53,9 @@ class CatalogPrice:
 Key = tuple[str, str]  # (instance type, region)
 
 
-class CatalogFormatError(ValueError):
-    """A catalog file that does not have the expected columns or values."""
-
-
 def overlay_path(state_dir: Path) -> Path:
     """Where `prices refresh` writes, and the daemon reads, refreshed prices."""
-    return state_dir / OVERLAY_DIR / OVERLAY_NAME
+    return _catalog_files.overlay_path(state_dir, CATALOG_FILE)
 
 
 def parse_row(row: Mapping[str, str | None]) -> tuple[Key, CatalogPrice]:
@@ -90,23 +84,7 @@ def parse_row(row: Mapping[str, str | None]) -> tuple[Key, CatalogPrice]:
 def read_rows(text: str, *, where: str, strict: bool) -> dict[Key, CatalogPrice]:
     """Parse a catalog CSV. `strict`: any bad row raises; otherwise bad rows are logged and skipped. A missing
     column always raises. A (type, region) listed twice: the later row wins (strict: raises)."""
-    reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-    if missing:
-        raise CatalogFormatError(f"{where}: missing columns {missing}")
-    out: dict[Key, CatalogPrice] = {}
-    for line, row in enumerate(reader, start=2):
-        try:
-            key, price = parse_row(row)
-            if strict and key in out:
-                raise CatalogFormatError(f"duplicate row for {key}")
-        except CatalogFormatError as exc:
-            if strict:
-                raise CatalogFormatError(f"{where}:{line}: {exc}") from None
-            log.warning("%s:%d: skipped: %s", where, line, exc)
-            continue
-        out[key] = price
-    return out
+    return _catalog_files.read_rows(text, COLUMNS, parse_row, where=where, strict=strict, log=log)
 
 
 def format_rows(prices: Mapping[Key, CatalogPrice]) -> str:
@@ -121,50 +99,16 @@ def format_rows(prices: Mapping[Key, CatalogPrice]) -> str:
 
 def write_overlay(state_dir: Path, prices: Mapping[Key, CatalogPrice]) -> Path:
     """Replace the overlay file atomically (a reader sees the old file or the new one, never half of one)."""
-    path = overlay_path(state_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{OVERLAY_NAME}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(format_rows(prices))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not every filesystem lets a directory be opened
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return path
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-    return path
+    return _catalog_files.write_atomically(overlay_path(state_dir), format_rows(prices))
 
 
 def shipped_text() -> str:
-    return resources.files("providers").joinpath(SHIPPED_RESOURCE).read_text(encoding="utf-8")
+    return _catalog_files.shipped_text(CATALOG_FILE)
 
 
 def read_overlay(state_dir: Path) -> dict[Key, CatalogPrice]:
     """The refreshed prices under `state_dir` ({} when there are none or the file cannot be used)."""
-    path = overlay_path(state_dir)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        log.warning("%s: cannot read refreshed prices, using the shipped catalog: %s", path, exc)
-        return {}
-    try:
-        return read_rows(text, where=str(path), strict=False)
-    except CatalogFormatError as exc:
-        log.warning("%s: ignored, using the shipped catalog: %s", path, exc)
-        return {}
+    return _catalog_files.read_overlay(state_dir, CATALOG_FILE, COLUMNS, parse_row, log=log)
 
 
 class AwsCatalog:
@@ -176,7 +120,7 @@ class AwsCatalog:
     @classmethod
     def shipped(cls) -> AwsCatalog:
         """The catalog that ships with the package, without any refreshed prices."""
-        return cls(read_rows(shipped_text(), where=f"providers/{SHIPPED_RESOURCE}", strict=True))
+        return cls(_catalog_files.read_shipped(CATALOG_FILE, COLUMNS, parse_row, log=log))
 
     @classmethod
     def load(cls, state_dir: Path | None) -> AwsCatalog:

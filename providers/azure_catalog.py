@@ -24,20 +24,18 @@ import csv
 import io
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
-from importlib import resources
 from pathlib import Path
+
+from providers import _catalog_files
+from providers._catalog_files import CatalogFormatError as CatalogFormatError
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ("vm_size", "region", "on_demand_usd_per_hour", "spot_usd_per_hour", "gpus", "gpu", "source", "as_of")
-SHIPPED_RESOURCE = "data/azure_prices.csv"
-OVERLAY_DIR = "prices"
-OVERLAY_NAME = "azure_prices.csv"
+CATALOG_FILE = "azure_prices.csv"  # shipped under providers/data/, refreshed under <state_dir>/prices/
 
 Key = tuple[str, str]  # (VM size, location)
 
@@ -52,12 +50,8 @@ class AzurePrice:
     as_of: date
 
 
-class CatalogFormatError(ValueError):
-    """A catalog file that does not have the expected columns or values."""
-
-
 def overlay_path(state_dir: Path) -> Path:
-    return state_dir / OVERLAY_DIR / OVERLAY_NAME
+    return _catalog_files.overlay_path(state_dir, CATALOG_FILE)
 
 
 def _positive(text: str | None, what: str) -> float:
@@ -93,23 +87,7 @@ def parse_row(row: Mapping[str, str | None]) -> tuple[Key, AzurePrice]:
 def read_rows(text: str, *, where: str, strict: bool) -> dict[Key, AzurePrice]:
     """Parse a catalog CSV. `strict`: any bad or duplicate row raises; otherwise bad rows are logged and skipped
     (a later duplicate wins). A missing column always raises."""
-    reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-    if missing:
-        raise CatalogFormatError(f"{where}: missing columns {missing}")
-    out: dict[Key, AzurePrice] = {}
-    for line, row in enumerate(reader, start=2):
-        try:
-            key, price = parse_row(row)
-            if strict and key in out:
-                raise CatalogFormatError(f"duplicate row for {key}")
-        except CatalogFormatError as exc:
-            if strict:
-                raise CatalogFormatError(f"{where}:{line}: {exc}") from None
-            log.warning("%s:%d: skipped: %s", where, line, exc)
-            continue
-        out[key] = price
-    return out
+    return _catalog_files.read_rows(text, COLUMNS, parse_row, where=where, strict=strict, log=log)
 
 
 def format_rows(prices: Mapping[Key, AzurePrice]) -> str:
@@ -126,40 +104,16 @@ def format_rows(prices: Mapping[Key, AzurePrice]) -> str:
 
 def write_overlay(state_dir: Path, prices: Mapping[Key, AzurePrice]) -> Path:
     """Replace the overlay atomically (a reader sees the old file or the new one, never half of one)."""
-    path = overlay_path(state_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{OVERLAY_NAME}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(format_rows(prices))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return _catalog_files.write_atomically(overlay_path(state_dir), format_rows(prices))
 
 
 def shipped_text() -> str:
-    return resources.files("providers").joinpath(SHIPPED_RESOURCE).read_text(encoding="utf-8")
+    return _catalog_files.shipped_text(CATALOG_FILE)
 
 
 def read_overlay(state_dir: Path) -> dict[Key, AzurePrice]:
     """The refreshed prices under `state_dir` ({} when there are none or the file cannot be used)."""
-    path = overlay_path(state_dir)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        log.warning("%s: cannot read refreshed prices, using the shipped catalog: %s", path, exc)
-        return {}
-    try:
-        return read_rows(text, where=str(path), strict=False)
-    except CatalogFormatError as exc:
-        log.warning("%s: ignored, using the shipped catalog: %s", path, exc)
-        return {}
+    return _catalog_files.read_overlay(state_dir, CATALOG_FILE, COLUMNS, parse_row, log=log)
 
 
 class AzureCatalog:
@@ -170,7 +124,7 @@ class AzureCatalog:
 
     @classmethod
     def shipped(cls) -> AzureCatalog:
-        return cls(read_rows(shipped_text(), where=f"providers/{SHIPPED_RESOURCE}", strict=True))
+        return cls(_catalog_files.read_shipped(CATALOG_FILE, COLUMNS, parse_row, log=log))
 
     @classmethod
     def load(cls, state_dir: Path | None) -> AzureCatalog:

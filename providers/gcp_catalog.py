@@ -38,17 +38,18 @@ import csv
 import io
 import logging
 import math
-import os
 import re
-import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
-from importlib import resources
 from pathlib import Path
 from typing import TypeVar
 
 from autoscaler.model import Market
+from providers import _catalog_files
+from providers._catalog_files import CatalogFormatError as CatalogFormatError
+from providers._catalog_files import RowParser
+from providers._catalog_files import overlay_path as overlay_path
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,6 @@ MACHINE_COLUMNS = (
 ACCELERATOR_COLUMNS = ("accelerator", "region", "on_demand_usd_per_hour", "spot_usd_per_hour", "source", "as_of")
 MACHINES_FILE = "gcp_machine_types.csv"
 ACCELERATORS_FILE = "gcp_accelerators.csv"
-OVERLAY_DIR = "prices"
 # Families whose GPUs come with the machine type: an instance of them lists no "+accelerator" in its type name.
 BUNDLED_GPU_FAMILIES = ("a2-", "a3-", "a4-", "g2-", "g4-")
 _TYPE = re.compile(
@@ -77,10 +77,6 @@ _TYPE = re.compile(
 
 Key = tuple[str, str]  # (machine type or accelerator, region)
 _R = TypeVar("_R")
-
-
-class CatalogFormatError(ValueError):
-    """A catalog file that does not have the expected columns or values."""
 
 
 @dataclass(frozen=True)
@@ -204,32 +200,11 @@ def parse_accelerator_row(row: Mapping[str, str | None]) -> tuple[Key, Part]:
 
 
 def read_rows(
-    text: str,
-    columns: tuple[str, ...],
-    parse: Callable[[Mapping[str, str | None]], tuple[Key, _R]],
-    *,
-    where: str,
-    strict: bool,
+    text: str, columns: tuple[str, ...], parse: RowParser[_R], *, where: str, strict: bool
 ) -> dict[Key, _R]:
     """Parse a catalog CSV. `strict`: a bad or repeated row raises; otherwise it is logged and skipped (a later
     row of the same key wins). A missing column always raises."""
-    reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in columns if c not in (reader.fieldnames or [])]
-    if missing:
-        raise CatalogFormatError(f"{where}: missing columns {missing}")
-    out: dict[Key, _R] = {}
-    for line, row in enumerate(reader, start=2):
-        try:
-            key, value = parse(row)
-            if strict and key in out:
-                raise ValueError(f"duplicate row for {key}")
-        except (KeyError, TypeError, ValueError) as exc:
-            if strict:
-                raise CatalogFormatError(f"{where}:{line}: {exc}") from None
-            log.warning("%s:%d: skipped: %s", where, line, exc)
-            continue
-        out[key] = value
-    return out
+    return _catalog_files.read_rows(text, columns, parse, where=where, strict=strict, log=log)
 
 
 def _fmt(value: float | None) -> str:
@@ -269,56 +244,13 @@ def format_accelerators(rows: Mapping[Key, Part]) -> str:
     return buf.getvalue()
 
 
-def overlay_path(state_dir: Path, name: str) -> Path:
-    return state_dir / OVERLAY_DIR / name
-
-
-def write_atomically(path: Path, text: str) -> Path:
-    """Replace `path` so that a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _shipped(name: str) -> str:
-    return resources.files("providers").joinpath(f"data/{name}").read_text(encoding="utf-8")
-
-
-def _overlay(
-    state_dir: Path,
-    name: str,
-    columns: tuple[str, ...],
-    parse: Callable[[Mapping[str, str | None]], tuple[Key, _R]],
-) -> dict[Key, _R]:
-    path = overlay_path(state_dir, name)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        log.warning("%s: cannot read refreshed prices, using the shipped catalog: %s", path, exc)
-        return {}
-    try:
-        return read_rows(text, columns, parse, where=str(path), strict=False)
-    except CatalogFormatError as exc:
-        log.warning("%s: ignored, using the shipped catalog: %s", path, exc)
-        return {}
-
-
 def read_overlay(state_dir: Path) -> tuple[dict[Key, MachineRow], dict[Key, Part]]:
     """The refreshed rows under `state_dir` (empty where there are none or a file cannot be used)."""
     return (
-        _overlay(state_dir, MACHINES_FILE, MACHINE_COLUMNS, parse_machine_row),
-        _overlay(state_dir, ACCELERATORS_FILE, ACCELERATOR_COLUMNS, parse_accelerator_row),
+        _catalog_files.read_overlay(state_dir, MACHINES_FILE, MACHINE_COLUMNS, parse_machine_row, log=log),
+        _catalog_files.read_overlay(
+            state_dir, ACCELERATORS_FILE, ACCELERATOR_COLUMNS, parse_accelerator_row, log=log
+        ),
     )
 
 
@@ -332,20 +264,8 @@ class GcpCatalog:
     @classmethod
     def shipped(cls) -> GcpCatalog:
         return cls(
-            read_rows(
-                _shipped(MACHINES_FILE),
-                MACHINE_COLUMNS,
-                parse_machine_row,
-                where=f"providers/data/{MACHINES_FILE}",
-                strict=True,
-            ),
-            read_rows(
-                _shipped(ACCELERATORS_FILE),
-                ACCELERATOR_COLUMNS,
-                parse_accelerator_row,
-                where=f"providers/data/{ACCELERATORS_FILE}",
-                strict=True,
-            ),
+            _catalog_files.read_shipped(MACHINES_FILE, MACHINE_COLUMNS, parse_machine_row, log=log),
+            _catalog_files.read_shipped(ACCELERATORS_FILE, ACCELERATOR_COLUMNS, parse_accelerator_row, log=log),
         )
 
     @classmethod

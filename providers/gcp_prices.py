@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from autoscaler import config
 from autoscaler.model import Market
+from providers._catalog_files import write_atomically
 from providers.gcp_catalog import (
     ACCELERATORS_FILE,
     MACHINES_FILE,
@@ -42,7 +43,6 @@ from providers.gcp_catalog import (
     overlay_path,
     parse_type,
     read_overlay,
-    write_atomically,
 )
 
 if TYPE_CHECKING:
