@@ -1,4 +1,4 @@
-"""gpu-autoscaler: run | validate | schema | status | explain."""
+"""gpu-autoscaler: run | validate | schema | status | explain | prices | simulate."""
 
 from __future__ import annotations
 
@@ -181,6 +181,54 @@ def prices_refresh(policy: Path | None, state_dir: Path | None, clouds: tuple[st
             ) from None
         worst = max(worst, code)
     sys.exit(worst)
+
+
+@main.command()
+@click.argument("scenario", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="output folder"
+)
+@click.option("--progress/--no-progress", default=True, help="show a progress bar (default: on)")
+def simulate(scenario: Path, out: Path, progress: bool) -> None:
+    """Replay a scenario's traces through the daemon's policies: summary.json, timeline.csv, plot.png in OUT."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from autoscaler.sim import ScenarioError, load_scenario, run_scenario, write_outputs
+    from autoscaler.sim.runner import plan_ticks
+    from autoscaler.sim.traces import TraceError
+
+    try:
+        loaded = load_scenario(scenario)
+    except PolicyError as exc:  # the scenario's or its policy file's, each line with file:line:column
+        for issue in exc.issues:
+            click.echo(str(issue), err=True)
+        sys.exit(2)
+    _, ticks = plan_ticks(loaded)
+    total = ticks * len(loaded.scenario.policies)
+    started = time.perf_counter()
+    try:
+        if progress:
+            columns = (TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+                task = bar.add_task("ticks", total=total)
+                runs = run_scenario(loaded, lambda n: bar.advance(task, n))
+        else:
+            runs = run_scenario(loaded)
+    except (TraceError, ScenarioError) as exc:
+        click.echo(f"{scenario}: {exc}", err=True)
+        sys.exit(2)
+    paths = write_outputs(loaded, runs, out)
+    for run in runs:
+        s = run.summary
+        click.echo(
+            f"{run.name}: ${s['cost_usd']:.2f}, SLO attainment {s['slo_attainment']:.3f}, "
+            f"dropped {s['dropped_fraction']:.3f}, availability {s['availability']:.3f}, "
+            f"{s['launches']} launches, {s['preemptions']} preemptions; "
+            f"{s['ticks']} ticks in {run.wall_seconds:.2f} s ({run.ticks_per_second:,.0f} ticks/s)"
+        )
+    click.echo(f"wrote {', '.join(str(p) for p in paths.values())} in {time.perf_counter() - started:.1f} s")
 
 
 def _url(base: str) -> str:
