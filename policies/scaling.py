@@ -47,7 +47,8 @@ def desired_capacity(
     sc = pool.scaling
     longest = max(sc.scale_up_window_seconds, sc.scale_down_window_seconds)
     # Recommendations from the future (a clock stepped back) cannot be placed in any window: drop them.
-    kept = tuple(r for r in state.recommendations if now - timedelta(seconds=longest) <= r.at <= now)
+    oldest = now - timedelta(seconds=longest)
+    kept = tuple(r for r in state.recommendations if oldest <= r.at <= now)
 
     if not pool.metrics:
         desired = clamp(pool, pool.min_capacity)
@@ -66,8 +67,10 @@ def desired_capacity(
         return _hold(pool, live_units, state, kept, now, reasons)
 
     recs = (*kept, Recommendation(now, raw))
-    up_min = min(r.capacity for r in recs if _within(r, now, sc.scale_up_window_seconds))
-    down_max = max(r.capacity for r in recs if _within(r, now, sc.scale_down_window_seconds))
+    up_since = now - timedelta(seconds=sc.scale_up_window_seconds)
+    down_since = now - timedelta(seconds=sc.scale_down_window_seconds)
+    up_min = min(r.capacity for r in recs if r.at >= up_since)
+    down_max = max(r.capacity for r in recs if r.at >= down_since)
     # The HPA rule: start from what is there, go up no further than every recent recommendation agrees,
     # and down no further than every recent recommendation agrees.
     desired = live_units
@@ -113,10 +116,6 @@ def desired_capacity(
 
 def clamp(pool: Pool, units: float) -> float:
     return min(max(units, pool.min_capacity), pool.max_capacity)
-
-
-def _within(rec: Recommendation, now: datetime, window_seconds: float) -> bool:
-    return now - rec.at <= timedelta(seconds=window_seconds)
 
 
 def _garbage(demand: Demand) -> str:
