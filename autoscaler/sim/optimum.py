@@ -1,0 +1,637 @@
+"""Offline optimum baseline ("B3"): perfect foresight of demand and spot availability.
+
+Everything here is pure (no I/O, no clock): arrays in, a frozen dataclass out. Two numbers are offered:
+
+* :func:`offline_optimum` -- the cheapest fleet schedule that covers the demand, with the same boot delays as
+  the live system, solved as a MILP by HiGHS (``integral=False`` solves its LP relaxation instead);
+* :func:`fluid_lower_bound` -- a much cheaper bound: no boot delay, fractional instances (an LP that splits
+  into one fractional knapsack per tick, solved exactly in closed form).
+
+For every problem with no unmet demand: ``fluid_lower_bound <= offline_optimum(integral=False).cost_usd
+<= offline_optimum(integral=True).cost_usd``.
+
+Time model
+----------
+Ticks ``t = 0..T-1``, each ``tick_seconds`` long, ``h = tick_seconds / 3600`` hours. An instance of offering
+``o`` (boot delay ``b = boot_ticks``) launched at tick ``s`` is *booting* (alive, paid, useless) at ticks
+``s .. s+b-1`` and *ready* (alive, paid, supplying ``units``) from tick ``s+b`` until it is stopped; a stop at
+tick ``t`` means it is not alive at ``t``. ``b = 0`` means ready at the launch tick. Spot availability
+``available[o][t]`` caps how many instances of ``o`` may be alive at ``t``; when it drops below the fleet the
+excess is stopped (this is how preemption is modelled: with perfect foresight it is just a forced stop, and
+the optimum can launch the replacement ``b`` ticks early elsewhere).
+
+**Warm start (default).** The instances ready at ``t = 0`` are free to choose (only bounded by availability)
+and are paid from ``t = 0``: the fleet was booted before the horizon and its pre-horizon boot is not counted.
+Otherwise any demand within the first ``b`` ticks would be unsatisfiable. With ``warm_start=False`` the fleet
+starts empty and early demand is reported as unmet.
+
+Formulation
+-----------
+Integer variables, for each offering ``o`` (boot ``b``, price ``p`` USD/h, ``u`` units):
+
+* ``L[o,s]`` launches at tick ``s``, for ``s = 0 .. T-1-b`` only (a later launch is never ready inside the
+  horizon, so it is useless and omitted);
+* ``R[o,t]`` instances ready at tick ``t``;
+
+and a continuous ``U[t] >= 0``, the demand left unmet at ``t``. Constraints::
+
+    R[o,t] <= R[o,t-1] + L[o,t-b]                          t >= 1 (t = 0: warm: free; cold: R[o,-1] = 0)
+    R[o,t] + sum_{s=t-b+1..t} L[o,s] <= available[o][t]    (alive = ready + booting)
+    sum_o u_o R[o,t] + U[t] >= demand[t]
+
+and the objective is ``sum_o p_o h (sum_t R[o,t] + b_o sum_s L[o,s])  +  P sum_t U[t]``.
+
+Why this is exact. *Ready can only grow by the batch that finishes booting*; a decrease is a stop of ready
+instances (free). Booting instances are never stopped in this model, and that loses nothing: in any schedule
+of the general model (where booting instances may be stopped or preempted), deleting the launch of every
+instance that never becomes ready keeps every ready count, lowers every alive count (so availability still
+holds) and does not raise the cost. Hence the booting instances at ``t`` are exactly the launches of the last
+``b`` ticks, the alive count is ``R + sum of the window``, and each launch costs exactly ``b`` boot ticks
+(launches are only made where they become ready within the horizon) plus its ready ticks, which is the
+objective above. Conversely every (R, L) satisfying the constraints is a realisable schedule (stop
+``R[o,t-1] + L[o,t-b] - R[o,t]`` ready instances at ``t``). The bounds ``R, L <= ceil(max demand / u)`` are
+valid (capping a schedule at that count keeps it feasible and no dearer) and tighten the MILP.
+
+Unmet demand. If availability cannot cover the demand (even with on-demand), the hard coverage constraint
+is softened by ``U`` with penalty ``P`` per unit-tick (default: ``1000 x max_o p_o h (b_o + 1) /
+min(1, min_o u_o)``, i.e. far above the cost of covering any shortfall of at least ``0.001 x min(1, u_min)``
+units at one tick with one more instance). If the solution leaves demand unmet, a second solve minimises the
+instance cost alone subject to ``sum U <= `` the unmet total just found, so the reported ``cost_usd`` (which
+never includes the penalty) is not polluted by the penalty's share of the MIP gap. The result reports
+``unmet_unit_ticks = sum_t U[t]``. With ``U > 0`` the dual bound is a bound for that unmet budget only.
+
+Scaling and aggregation
+-----------------------
+A 2,000-tick x 6-offering instance has ~24k integer columns. Measured (HiGHS 1.16, 2 cores, default
+``mip_rel_gap=1e-3``): ~3.5 s to optimality when all offerings supply the same units; with mixed unit sizes
+(2/3/4) and noisy demand the per-tick coverage becomes a knapsack and it takes ~25-60 s (the LP relaxation
+alone: ~0.2 s). Phase 2 (below) runs only when phase 1 was solved to optimality. 30 days of 30 s ticks (86,400) is too big for CI: :func:`aggregate` coarsens by ``factor``
+ticks per block taking the **max** demand and the **min** availability in each block, with the boot delay
+rounded **up** to whole blocks (``ceil(b / factor)``). Direction: this is a *restriction*, so the
+aggregated optimum is an **upper bound** on the fine optimum, never a lower bound. Proof: :func:`disaggregate`
+maps any coarse schedule to a fine one (ready count held constant over each block, each coarse launch of
+block ``k`` placed at fine tick ``(k+B) f - b`` so it becomes ready exactly at its coarse ready block); that fine
+schedule covers every fine tick (coverage >= block max), respects every fine availability (alive <= block
+min) and costs at most the coarse cost (fine boot ``b <= B f`` ticks, partial last block is charged in full
+on the coarse grid). The coarse solver's dual bound is *not* a bound on the fine problem; :func:`disaggregate`
+therefore reports the fine :func:`fluid_lower_bound` as ``lower_bound_usd``, giving the honest bracket
+``[fluid bound, disaggregated cost]`` around the true fine optimum.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import highspy
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+_INF = math.inf
+_UNMET_EPS = 1e-7  # unit-ticks below this are solver noise, not unmet demand
+
+
+@dataclass(frozen=True)
+class OfferingSeries:
+    """One offering's price, size, boot delay and per-tick availability."""
+
+    name: str  # e.g. "aws/us-east-1a/p4d.24xlarge/spot"
+    usd_per_hour: float
+    units: float  # capacity units one ready instance supplies
+    available: Sequence[int]  # per tick: how many instances of it can exist (large = unlimited)
+    boot_ticks: int  # ticks from launch to ready (paid while booting)
+
+
+@dataclass(frozen=True)
+class OptimumResult:
+    """An optimal (or best-found) schedule and its cost."""
+
+    cost_usd: float  # instance cost only (booting + ready ticks), never the unmet penalty
+    ready_units: FloatArray  # per tick: sum over offerings of units x ready instances
+    instances: dict[str, IntArray]  # per offering: instances alive (booting or ready) per tick
+    launches: dict[str, IntArray]  # per offering: launches per tick
+    status: str  # "optimal", "time_limit" (cost is the best found; see lower_bound_usd), ...
+    lower_bound_usd: float  # the solver's dual bound on cost_usd (see module docstring for the caveats)
+    unmet_unit_ticks: float = 0.0  # sum over ticks of demand not covered by ready units
+    ready: dict[str, IntArray] | None = None  # per offering: ready instances per tick
+    solve_seconds: float = 0.0  # wall time spent in HiGHS (informational only)
+
+
+@dataclass(frozen=True)
+class AggregatedProblem:
+    """A coarsened problem: ``factor`` fine ticks per block (see :func:`aggregate`)."""
+
+    demand_units: FloatArray  # per block: max fine demand
+    offerings: tuple[OfferingSeries, ...]  # per block: min fine availability; boot = ceil(b / factor)
+    factor: int
+    n_fine_ticks: int
+
+    def tick_seconds(self, fine_tick_seconds: float) -> float:
+        """The block length in seconds."""
+        return fine_tick_seconds * self.factor
+
+
+# --------------------------------------------------------------------------------------------------- inputs
+
+
+def _as_demand(demand_units: Sequence[float] | FloatArray) -> FloatArray:
+    demand = np.asarray(demand_units, dtype=np.float64)
+    if demand.ndim != 1:
+        raise ValueError("demand_units must be one-dimensional")
+    if not np.all(np.isfinite(demand)) or np.any(demand < 0):
+        raise ValueError("demand_units must be finite and non-negative")
+    return demand
+
+
+def _as_available(offering: OfferingSeries, n_ticks: int) -> FloatArray:
+    avail = np.asarray(offering.available, dtype=np.float64)
+    if avail.shape != (n_ticks,):
+        raise ValueError(f"{offering.name}: available has {avail.size} ticks, demand has {n_ticks}")
+    if np.any(avail < 0) or np.any(np.isnan(avail)):
+        raise ValueError(f"{offering.name}: available must be non-negative")
+    return np.floor(avail)
+
+
+def _check_offerings(offerings: Sequence[OfferingSeries]) -> None:
+    names = [o.name for o in offerings]
+    if len(set(names)) != len(names):
+        raise ValueError("offering names must be unique")
+    for o in offerings:
+        if not (o.units > 0 and math.isfinite(o.units)):
+            raise ValueError(f"{o.name}: units must be positive")
+        if not (o.usd_per_hour >= 0 and math.isfinite(o.usd_per_hour)):
+            raise ValueError(f"{o.name}: usd_per_hour must be non-negative")
+        if o.boot_ticks < 0:
+            raise ValueError(f"{o.name}: boot_ticks must be non-negative")
+
+
+def _window_sum(x: FloatArray, b: int, n_ticks: int) -> FloatArray:
+    """out[t] = sum_{s=t-b+1..t} x[s] (x indexed from 0, zero outside), for t = 0..n_ticks-1."""
+    padded = np.zeros(n_ticks, dtype=np.float64)
+    padded[: min(x.size, n_ticks)] = x[:n_ticks]
+    if b == 0:
+        return np.zeros(n_ticks, dtype=np.float64)
+    c = np.concatenate(([0.0], np.cumsum(padded)))
+    t = np.arange(n_ticks)
+    return c[t + 1] - c[np.maximum(t + 1 - b, 0)]
+
+
+# --------------------------------------------------------------------------------------------- fluid bound
+
+
+def fluid_lower_bound(
+    demand_units: Sequence[float] | FloatArray, offerings: Sequence[OfferingSeries], tick_seconds: float
+) -> float:
+    """Cost of the fluid relaxation: no boot delay, fractional instances, availability still binding.
+
+    Per tick: ``min sum_o p_o n_o  s.t.  sum_o u_o n_o >= d_t, 0 <= n_o <= available[o][t]`` -- a fractional
+    knapsack, solved exactly by filling the cheapest USD-per-unit offerings first. Any schedule that covers
+    the demand pays at least this (its ready instances alone are feasible for every tick's LP). Where even
+    the fluid fleet cannot cover a tick, that tick is charged for the full available capacity (a bound for
+    schedules that cover as much as possible at every tick).
+    """
+    demand = _as_demand(demand_units)
+    _check_offerings(offerings)
+    n_ticks = demand.size
+    hours = tick_seconds / 3600.0
+    remaining = demand.copy()
+    total = 0.0
+    for o in sorted(offerings, key=lambda o: o.usd_per_hour / o.units):
+        avail = _as_available(o, n_ticks)
+        n = np.minimum(remaining / o.units, avail)
+        total += float(np.sum(n)) * o.usd_per_hour * hours
+        remaining = np.maximum(remaining - n * o.units, 0.0)
+    return total
+
+
+# ------------------------------------------------------------------------------------------------ the MILP
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Column indices: per offering a block of L (n_launch) then R (n_ticks); U at the end."""
+
+    l_start: tuple[int, ...]
+    r_start: tuple[int, ...]
+    n_launch: tuple[int, ...]
+    u_start: int
+    n_cols: int
+
+
+def _layout(offerings: Sequence[OfferingSeries], n_ticks: int) -> _Layout:
+    l_start: list[int] = []
+    r_start: list[int] = []
+    n_launch: list[int] = []
+    col = 0
+    for o in offerings:
+        nl = max(n_ticks - o.boot_ticks, 0)
+        l_start.append(col)
+        n_launch.append(nl)
+        col += nl
+        r_start.append(col)
+        col += n_ticks
+    return _Layout(tuple(l_start), tuple(r_start), tuple(n_launch), col, col + n_ticks)
+
+
+def _default_penalty(offerings: Sequence[OfferingSeries], hours: float) -> float:
+    worst = max((o.usd_per_hour * hours * (o.boot_ticks + 1) for o in offerings), default=0.0)
+    u_min = min((o.units for o in offerings), default=1.0)
+    return 1000.0 * max(worst, 1e-6) / min(1.0, u_min)
+
+
+def _build(
+    demand: FloatArray,
+    offerings: Sequence[OfferingSeries],
+    avails: list[FloatArray],
+    hours: float,
+    penalty: float,
+    warm_start: bool,
+    lay: _Layout,
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, IntArray, IntArray, FloatArray]:
+    """Return (cost, col_lo, col_hi, row_lo, row_hi, csr_start, csr_index, csr_value)."""
+    n_ticks = demand.size
+    cost = np.zeros(lay.n_cols, dtype=np.float64)
+    col_lo = np.zeros(lay.n_cols, dtype=np.float64)
+    col_hi = np.full(lay.n_cols, _INF, dtype=np.float64)
+    rows: list[IntArray] = []
+    cols: list[IntArray] = []
+    vals: list[FloatArray] = []
+    row_lo: list[FloatArray] = []
+    row_hi: list[FloatArray] = []
+    n_rows = 0
+    t_all = np.arange(n_ticks, dtype=np.int64)
+    d_max = float(demand.max(initial=0.0))
+
+    for k, o in enumerate(offerings):
+        b = o.boot_ticks
+        nl = lay.n_launch[k]
+        ls, rs = lay.l_start[k], lay.r_start[k]
+        avail = avails[k]
+        cap = float(math.ceil(d_max / o.units - 1e-9)) if d_max > 0 else 0.0
+        cost[ls : ls + nl] = o.usd_per_hour * hours * b
+        cost[rs : rs + n_ticks] = o.usd_per_hour * hours
+        col_hi[rs : rs + n_ticks] = np.minimum(avail, cap)
+        if nl:
+            # a launch at s is alive for s..s+b: it can be no larger than the availability over that span
+            span = np.lib.stride_tricks.sliding_window_view(avail, b + 1).min(axis=1)[:nl]
+            col_hi[ls : ls + nl] = np.minimum(span, cap)
+
+        # dynamics: R[t] - R[t-1] - L[t-b] <= 0
+        t_dyn = t_all if not warm_start else t_all[1:]
+        base = n_rows
+        r_idx = base + np.arange(t_dyn.size, dtype=np.int64)
+        rows.append(r_idx)
+        cols.append(rs + t_dyn)
+        vals.append(np.ones(t_dyn.size))
+        has_prev = t_dyn >= 1
+        rows.append(r_idx[has_prev])
+        cols.append(rs + t_dyn[has_prev] - 1)
+        vals.append(-np.ones(int(has_prev.sum())))
+        has_launch = (t_dyn - b >= 0) & (t_dyn - b < nl)
+        rows.append(r_idx[has_launch])
+        cols.append(ls + t_dyn[has_launch] - b)
+        vals.append(-np.ones(int(has_launch.sum())))
+        row_lo.append(np.full(t_dyn.size, -_INF))
+        row_hi.append(np.zeros(t_dyn.size))
+        n_rows += t_dyn.size
+
+        # availability: R[t] + sum_{s=t-b+1..t} L[s] <= available[t]
+        base = n_rows
+        rows.append(base + t_all)
+        cols.append(rs + t_all)
+        vals.append(np.ones(n_ticks))
+        for j in range(b):  # L[t-j] for j = 0..b-1
+            ok = (t_all - j >= 0) & (t_all - j < nl)
+            rows.append(base + t_all[ok])
+            cols.append(ls + t_all[ok] - j)
+            vals.append(np.ones(int(ok.sum())))
+        row_lo.append(np.full(n_ticks, -_INF))
+        # rows that cannot bind (alive <= cap ready + b x cap booting) are left unbounded: presolve drops them
+        row_hi.append(np.where(avail >= cap * (b + 1), _INF, avail))
+        n_rows += n_ticks
+
+    # coverage: sum_o u_o R[o,t] + U[t] >= demand[t]
+    base = n_rows
+    for k, o in enumerate(offerings):
+        rows.append(base + t_all)
+        cols.append(lay.r_start[k] + t_all)
+        vals.append(np.full(n_ticks, float(o.units)))
+    rows.append(base + t_all)
+    cols.append(lay.u_start + t_all)
+    vals.append(np.ones(n_ticks))
+    row_lo.append(demand.copy())
+    row_hi.append(np.full(n_ticks, _INF))
+    n_rows += n_ticks
+    cost[lay.u_start :] = penalty
+    col_hi[lay.u_start :] = demand
+
+    r = np.concatenate(rows)
+    c = np.concatenate(cols)
+    v = np.concatenate(vals)
+    order = np.lexsort((c, r))
+    start = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(r, minlength=n_rows), out=start[1:])
+    return (
+        cost,
+        col_lo,
+        col_hi,
+        np.concatenate(row_lo),
+        np.concatenate(row_hi),
+        start,
+        c[order].astype(np.int64),
+        v[order],
+    )
+
+
+def _new_highs() -> Any:
+    """A HiGHS instance that prints nothing.
+
+    ``highspy.Highs`` (the Python subclass that adds callbacks and Ctrl-C handling) prints a copyright banner
+    on first use; the bare C++ binding ``highspy._core._Highs`` does not. Use it when this highspy has it.
+    """
+    core: Any = getattr(highspy, "_core", None)
+    cls: Any = getattr(core, "_Highs", None) or highspy.Highs
+    h: Any = cls()
+    h.setOptionValue("output_flag", False)
+    return h
+
+
+def _status(h: Any) -> str:
+    ms = h.getModelStatus()
+    if ms == highspy.HighsModelStatus.kOptimal:
+        return "optimal"
+    if ms == highspy.HighsModelStatus.kTimeLimit:
+        return "time_limit"
+    return str(h.modelStatusToString(ms)).lower().replace(" ", "_")
+
+
+def _solve(
+    cost: FloatArray,
+    col_lo: FloatArray,
+    col_hi: FloatArray,
+    row_lo: FloatArray,
+    row_hi: FloatArray,
+    start: IntArray,
+    index: IntArray,
+    value: FloatArray,
+    integral: bool,
+    hint: FloatArray,
+    n_int: int,
+    time_limit: float,
+    mip_rel_gap: float,
+) -> tuple[FloatArray, str, float]:
+    """Run HiGHS; return (column values, status, dual bound on the objective)."""
+    h: Any = _new_highs()
+    h.setOptionValue("time_limit", max(time_limit, 0.01))
+    h.setOptionValue("mip_rel_gap", mip_rel_gap)
+    n_cols, n_rows = cost.size, row_lo.size
+    integrality = np.full(n_cols, 1 if integral else 0, dtype=np.int32)
+    integrality[n_int:] = 0  # the unmet-demand columns are continuous
+    h.passModel(
+        n_cols,
+        n_rows,
+        int(index.size),
+        int(highspy.MatrixFormat.kRowwise),
+        int(highspy.ObjSense.kMinimize),
+        0.0,
+        cost,
+        col_lo,
+        col_hi,
+        row_lo,
+        row_hi,
+        start[:-1].astype(np.int32),
+        index.astype(np.int32),
+        value,
+        integrality,
+    )
+    # No MIP start is passed: HiGHS 1.16 mis-maps a user solution into the presolved space on some models
+    # (it reported an objective the returned columns do not have). ``hint`` is only the no-incumbent fallback.
+    h.run()
+    status = _status(h)
+    info: Any = h.getInfo()
+    x = np.asarray(h.getSolution().col_value, dtype=np.float64)
+    if x.size != n_cols or int(info.primal_solution_status) != 2:  # 2 = kSolutionStatusFeasible
+        # No incumbent (e.g. a tiny time limit): the hint is feasible by construction, report it.
+        return hint.copy(), status if status != "optimal" else "no_solution", -_INF
+    objective = float(cost @ x)
+    if not math.isclose(objective, float(info.objective_function_value), rel_tol=1e-6, abs_tol=1e-6):
+        raise RuntimeError(
+            f"HiGHS returned columns worth {objective}, not its objective {info.objective_function_value}"
+        )
+    if integral:
+        bound = float(info.mip_dual_bound)
+    else:
+        bound = float(info.objective_function_value) if status == "optimal" else -_INF
+    return x, status, bound
+
+
+def offline_optimum(
+    demand_units: Sequence[float] | FloatArray,
+    offerings: Sequence[OfferingSeries],
+    tick_seconds: float,
+    *,
+    time_limit_seconds: float = 60.0,
+    integral: bool = True,
+    warm_start: bool = True,
+    mip_rel_gap: float = 1e-3,
+    unmet_penalty_usd_per_unit_tick: float | None = None,
+) -> OptimumResult:
+    """The cheapest schedule covering ``demand_units`` with perfect foresight (see the module docstring).
+
+    ``integral=False`` solves the LP relaxation (fractional instances, boot delays kept): a lower bound on
+    the integral optimum. ``status`` is ``"optimal"`` (within ``mip_rel_gap``) or ``"time_limit"`` (then
+    ``cost_usd`` is the best schedule found and ``lower_bound_usd`` the solver's dual bound).
+    """
+    demand = _as_demand(demand_units)
+    _check_offerings(offerings)
+    if tick_seconds <= 0:
+        raise ValueError("tick_seconds must be positive")
+    n_ticks = demand.size
+    hours = tick_seconds / 3600.0
+    avails = [_as_available(o, n_ticks) for o in offerings]
+    penalty = (
+        unmet_penalty_usd_per_unit_tick
+        if unmet_penalty_usd_per_unit_tick is not None
+        else _default_penalty(offerings, hours)
+    )
+    lay = _layout(offerings, n_ticks)
+    cost, col_lo, col_hi, row_lo, row_hi, start, index, value = _build(
+        demand, offerings, avails, hours, penalty, warm_start, lay
+    )
+    hint = np.zeros(lay.n_cols, dtype=np.float64)
+    hint[lay.u_start :] = demand  # all demand unmet, no instances: always feasible
+
+    t0 = time.perf_counter()
+    x, status, bound = _solve(
+        cost, col_lo, col_hi, row_lo, row_hi, start, index, value, integral, hint, lay.u_start,
+        time_limit_seconds, mip_rel_gap,
+    )  # fmt: skip
+    unmet = float(np.sum(x[lay.u_start :])) if np.all(np.isfinite(x)) else math.nan
+    if unmet > _UNMET_EPS and status == "optimal":
+        # Phase 2: the cheapest schedule with no more unmet demand than phase 1 left (the penalty term no
+        # longer distorts the gap or the cost).
+        cap_row = (np.arange(lay.u_start, lay.n_cols, dtype=np.int64), np.ones(n_ticks))
+        cost2 = cost.copy()
+        cost2[lay.u_start :] = 0.0
+        start2 = np.append(start, start[-1] + n_ticks)
+        remaining = time_limit_seconds - (time.perf_counter() - t0)
+        x2, status2, bound2 = _solve(
+            cost2, col_lo, col_hi,
+            np.append(row_lo, -_INF), np.append(row_hi, unmet * (1 + 1e-9) + 1e-9),
+            start2, np.concatenate((index, cap_row[0])), np.concatenate((value, cap_row[1])),
+            integral, x, lay.u_start, remaining, mip_rel_gap,
+        )  # fmt: skip
+        if np.all(np.isfinite(x2)):
+            x, status, unmet = x2, status2, float(np.sum(x2[lay.u_start :]))
+            bound = bound2
+        else:
+            bound = -_INF
+    elif math.isfinite(unmet):
+        # No unmet demand: the dual bound of cost + penalty x unmet also bounds the cost of every schedule
+        # that covers the demand.
+        unmet = 0.0
+    solve_seconds = time.perf_counter() - t0
+
+    if integral:
+        x = np.rint(x)
+    launches: dict[str, IntArray] = {}
+    instances: dict[str, IntArray] = {}
+    ready: dict[str, IntArray] = {}
+    ready_units = np.zeros(n_ticks, dtype=np.float64)
+    total = 0.0
+    for k, o in enumerate(offerings):
+        nl = lay.n_launch[k]
+        lk = np.zeros(n_ticks, dtype=np.float64)
+        lk[:nl] = x[lay.l_start[k] : lay.l_start[k] + nl]
+        rk = x[lay.r_start[k] : lay.r_start[k] + n_ticks]
+        if o.boot_ticks == 0:  # launches are free then: report only the ones the ready count needs
+            lk = np.maximum(np.diff(rk, prepend=rk[0] if warm_start else 0.0), 0.0)
+        alive = rk + _window_sum(lk, o.boot_ticks, n_ticks)
+        total += o.usd_per_hour * hours * float(np.sum(rk) + o.boot_ticks * np.sum(lk))
+        ready_units += o.units * rk
+        launches[o.name] = _to_int(lk, integral)
+        instances[o.name] = _to_int(alive, integral)
+        ready[o.name] = _to_int(rk, integral)
+    if not np.all(np.isfinite(x)):
+        total = math.nan
+    unmet_ticks = float(np.sum(np.maximum(demand - ready_units, 0.0)))
+    if integral and math.isfinite(unmet_ticks):
+        unmet = unmet_ticks
+    return OptimumResult(
+        cost_usd=total,
+        ready_units=ready_units,
+        instances=instances,
+        launches=launches,
+        status=status,
+        lower_bound_usd=min(bound, total) if status == "optimal" and math.isfinite(total) else bound,
+        unmet_unit_ticks=unmet if unmet > _UNMET_EPS else 0.0,
+        ready=ready,
+        solve_seconds=solve_seconds,
+    )
+
+
+def _to_int(x: FloatArray, integral: bool) -> IntArray:
+    """Integer view of a column block (the LP relaxation is rounded up: an upper envelope for display)."""
+    y = np.nan_to_num(x, nan=0.0)
+    return (np.rint(y) if integral else np.ceil(y - 1e-9)).astype(np.int64)
+
+
+# ------------------------------------------------------------------------------------------- aggregation
+
+
+def aggregate(
+    demand_units: Sequence[float] | FloatArray, offerings: Sequence[OfferingSeries], factor: int
+) -> AggregatedProblem:
+    """Coarsen to blocks of ``factor`` ticks: max demand, min availability, boot rounded up to whole blocks.
+
+    A *restriction* of the fine problem: the coarse optimum (mapped back by :func:`disaggregate`) is an
+    **upper bound** on the fine optimum. Solve it with ``tick_seconds = factor x fine tick_seconds``.
+    """
+    if factor < 1:
+        raise ValueError("factor must be >= 1")
+    demand = _as_demand(demand_units)
+    _check_offerings(offerings)
+    n = demand.size
+    n_blocks = -(-n // factor)
+    pad = n_blocks * factor - n
+    d = np.pad(demand, (0, pad), mode="edge") if n else demand
+    coarse_demand = d.reshape(n_blocks, factor).max(axis=1) if n else demand
+    coarse: list[OfferingSeries] = []
+    for o in offerings:
+        a = _as_available(o, n)
+        a = np.pad(a, (0, pad), mode="edge") if n else a
+        a_min = a.reshape(n_blocks, factor).min(axis=1) if n else a
+        avail_list: list[int] = [int(v) for v in np.minimum(a_min, 2**62)]
+        coarse.append(
+            OfferingSeries(
+                name=o.name,
+                usd_per_hour=o.usd_per_hour,
+                units=o.units,
+                available=avail_list,
+                boot_ticks=-(-o.boot_ticks // factor),
+            )
+        )
+    return AggregatedProblem(coarse_demand, tuple(coarse), factor, n)
+
+
+def disaggregate(
+    coarse: OptimumResult,
+    demand_units: Sequence[float] | FloatArray,
+    offerings: Sequence[OfferingSeries],
+    tick_seconds: float,
+    factor: int,
+) -> OptimumResult:
+    """Map a coarse schedule (from :func:`aggregate` + :func:`offline_optimum`) onto the fine ticks.
+
+    The ready count is held over each block and each coarse launch at block ``k`` becomes a fine launch at
+    ``(k + ceil(b/f)) f - b``, ready exactly when its coarse block is. The result is feasible for the fine
+    problem; ``cost_usd`` is its fine cost (an upper bound on the fine optimum when the coarse solve was
+    feasible) and ``lower_bound_usd`` the fine :func:`fluid_lower_bound`.
+    """
+    if coarse.ready is None:
+        raise ValueError("coarse result carries no per-offering ready counts")
+    demand = _as_demand(demand_units)
+    n = demand.size
+    hours = tick_seconds / 3600.0
+    fine_t = np.arange(n)
+    launches: dict[str, IntArray] = {}
+    instances: dict[str, IntArray] = {}
+    ready: dict[str, IntArray] = {}
+    ready_units = np.zeros(n, dtype=np.float64)
+    total = 0.0
+    for o in offerings:
+        b = o.boot_ticks
+        big_b = -(-b // factor)
+        rc = coarse.ready[o.name]
+        lc = coarse.launches[o.name]
+        rk = rc[fine_t // factor].astype(np.float64)
+        lk = np.zeros(n, dtype=np.float64)
+        blocks = np.nonzero(lc)[0]
+        at = (blocks + big_b) * factor - b
+        if np.any(at >= n) or np.any(at < 0):
+            raise ValueError(f"{o.name}: coarse launch cannot be placed on the fine grid")
+        np.add.at(lk, at, lc[blocks].astype(np.float64))
+        alive = rk + _window_sum(lk, b, n)
+        total += o.usd_per_hour * hours * float(np.sum(alive))
+        ready_units += o.units * rk
+        launches[o.name] = lk.astype(np.int64)
+        instances[o.name] = alive.astype(np.int64)
+        ready[o.name] = rk.astype(np.int64)
+    unmet = float(np.sum(np.maximum(demand - ready_units, 0.0)))
+    return OptimumResult(
+        cost_usd=total,
+        ready_units=ready_units,
+        instances=instances,
+        launches=launches,
+        status=coarse.status,
+        lower_bound_usd=fluid_lower_bound(demand, offerings, tick_seconds),
+        unmet_unit_ticks=unmet if unmet > _UNMET_EPS else 0.0,
+        ready=ready,
+        solve_seconds=coarse.solve_seconds,
+    )
