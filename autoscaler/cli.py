@@ -219,7 +219,10 @@ def simulate(scenario: Path, out: Path, progress: bool) -> None:
     except (TraceError, ScenarioError) as exc:
         click.echo(f"{scenario}: {exc}", err=True)
         sys.exit(2)
-    paths = write_outputs(loaded, runs, out)
+    from autoscaler.sim.b3 import attach_b3
+
+    b3 = attach_b3(loaded, runs).summary()
+    paths = write_outputs(loaded, runs, out, b3)
     for run in runs:
         s = run.summary
         click.echo(
@@ -227,7 +230,15 @@ def simulate(scenario: Path, out: Path, progress: bool) -> None:
             f"dropped {s['dropped_fraction']:.3f}, availability {s['availability']:.3f}, "
             f"{s['launches']} launches, {s['preemptions']} preemptions; "
             f"{s['ticks']} ticks in {run.wall_seconds:.2f} s ({run.ticks_per_second:,.0f} ticks/s)"
+            + (f", {s['cost_vs_b3']:.2f}x B3" if s.get("cost_vs_b3") is not None else "")
         )
+    bound = "upper bound" if b3["cost_is_upper_bound"] else "optimum"
+    aggregated = f", aggregated x{b3['aggregated_factor']}" if b3["aggregated_factor"] > 1 else ""
+    click.echo(
+        f"B3 (offline optimum, perfect foresight): ${b3['cost_usd']:.2f} ({bound}, {b3['status']}{aggregated}), "
+        f"lower bound ${b3['lower_bound_usd']:.2f}, unmet {b3['unmet_unit_ticks']:.3g} unit-ticks, "
+        f"solved in {b3['solve_seconds']:.1f} s"
+    )
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())} in {time.perf_counter() - started:.1f} s")
 
 

@@ -6,6 +6,7 @@ import csv
 import json
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from autoscaler.sim.runner import COLUMNS, MARKETS, PolicyRun
 from autoscaler.sim.scenario import LoadedScenario
@@ -13,7 +14,9 @@ from autoscaler.sim.scenario import LoadedScenario
 TIMELINE_HEADER = ("policy", "time", "t_seconds", *COLUMNS, *(f"instances_{m}" for m in MARKETS))
 
 
-def write_outputs(loaded: LoadedScenario, runs: list[PolicyRun], out: Path) -> dict[str, Path]:
+def write_outputs(
+    loaded: LoadedScenario, runs: list[PolicyRun], out: Path, optimum: dict[str, Any] | None = None
+) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"summary": out / "summary.json", "timeline": out / "timeline.csv", "plot": out / "plot.png"}
     sc = loaded.scenario
@@ -26,6 +29,8 @@ def write_outputs(loaded: LoadedScenario, runs: list[PolicyRun], out: Path) -> d
         "seed": sc.seed,
         "policies": {run.name: run.summary for run in runs},
     }
+    if optimum is not None:
+        summary["optimum"] = optimum
     paths["summary"].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     with paths["timeline"].open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)

@@ -16,14 +16,19 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from autoscaler.sim.baselines import KedaPolicy, StaticPolicy
 from autoscaler.sim.daemon_policy import DaemonPolicy
 from autoscaler.sim.policy import SimPolicy
 from autoscaler.sim.scenario import LoadedScenario
 from autoscaler.sim.traces import FloatArray, IntArray, arrivals_per_tick
 from autoscaler.sim.world import World
 
-# name -> factory. Baselines B0/B1/B2 register here (and in Scenario.policies' Literal) when they exist.
-POLICIES: dict[str, Callable[[World], SimPolicy]] = {"daemon": DaemonPolicy}
+# name -> factory; a new name goes in Scenario.policies' Literal too.
+POLICIES: dict[str, Callable[[World], SimPolicy]] = {
+    "daemon": DaemonPolicy,
+    "static": StaticPolicy,
+    "keda": KedaPolicy,
+}
 
 COLUMNS = (
     "arrivals",

@@ -1,0 +1,155 @@
+"""B3, the offline optimum of a scenario: the cheapest fleet schedule with perfect foresight (see optimum.py).
+
+The scenario is turned into the optimum's inputs here; the solving is :mod:`autoscaler.sim.optimum`'s.
+
+* **Demand** in capacity units per tick: the tick's arrivals / (``queue.requests_per_unit_per_second`` x
+  ``tick_seconds``), the capacity that serves each tick's arrivals within the tick, with no backlog. The
+  optimum has perfect foresight of it (and of the capacity below); it does not honour the pool's
+  ``min_capacity``, the budget cap or the queue's slack (serving late within the timeout).
+* **Offerings**: the pool's candidates on the simulated cloud, in every zone, at the world's prices (the
+  scenario's ``prices`` over the policy's), units = the candidate's ``throughput``; boot ticks = the
+  scenario's boot delay for the offering (``fixed``, else the distribution's mean; the policy's
+  ``boot_seconds`` when no rule matches), rounded up to whole ticks.
+* **Availability** per tick: what the world's cloud would allow at that tick (its capacity rules, set by a
+  fresh world's :meth:`World.apply_capacity`: a capacity trace's count, a stockout window's 0, the policy's
+  static ``clouds.simulated.capacity``), unlimited where no rule applies.
+
+Runs longer than :data:`MAX_TICKS` ticks are solved on blocks of ``factor`` ticks (:func:`optimum.aggregate`)
+and mapped back (:func:`optimum.disaggregate`): ``cost_usd`` is then an **upper bound** on the optimum and
+``lower_bound_usd`` the fluid lower bound.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from autoscaler.model import OfferingKey
+from autoscaler.observe import candidate_for
+from autoscaler.sim.optimum import (
+    OfferingSeries,
+    OptimumResult,
+    aggregate,
+    disaggregate,
+    fluid_lower_bound,
+    offline_optimum,
+)
+from autoscaler.sim.runner import PolicyRun, demand_arrivals, plan_ticks
+from autoscaler.sim.scenario import LoadedScenario
+from autoscaler.sim.traces import FloatArray, IntArray
+from autoscaler.sim.world import World
+
+MAX_TICKS = 2000  # longer runs are aggregated to at most this many blocks
+TIME_LIMIT_SECONDS = 60.0
+UNLIMITED = 10**9  # availability where no capacity rule applies
+
+
+@dataclass(frozen=True)
+class B3:
+    result: OptimumResult
+    fluid_lower_bound_usd: float
+    aggregated_factor: int  # 1: solved on the scenario's own ticks
+
+    def summary(self) -> dict[str, Any]:
+        r = self.result
+        lower = self.fluid_lower_bound_usd if self.aggregated_factor > 1 else r.lower_bound_usd
+        return {
+            "cost_usd": r.cost_usd,
+            "lower_bound_usd": lower,
+            "fluid_lower_bound_usd": self.fluid_lower_bound_usd,
+            "status": r.status,
+            "aggregated_factor": self.aggregated_factor,
+            "cost_is_upper_bound": self.aggregated_factor > 1 or r.status != "optimal",
+            "unmet_unit_ticks": r.unmet_unit_ticks,
+            "solve_seconds": r.solve_seconds,
+        }
+
+
+def demand_units(loaded: LoadedScenario, arrivals: IntArray, tick_seconds: float) -> FloatArray:
+    """Capacity units that serve each tick's arrivals within the tick (no backlog)."""
+    rate = loaded.scenario.queue.requests_per_unit_per_second
+    out: FloatArray = np.asarray(arrivals, dtype=np.float64) / (rate * tick_seconds)
+    return out
+
+
+def boot_seconds(world: World, key: OfferingKey) -> float:
+    """The mean boot delay of the offering: the first matching scenario rule's, else the policy's."""
+    for rule in world.scenario.boot:
+        if rule.matches(key.instance_type, key.market, key.zone):
+            if rule.fixed is not None:
+                return rule.fixed
+            if rule.uniform is not None:
+                return (rule.uniform[0] + rule.uniform[1]) / 2.0
+            assert rule.lognormal_median is not None
+            return rule.lognormal_median * math.exp(rule.lognormal_sigma**2 / 2.0)
+    return world.default_boot
+
+
+def offerings(loaded: LoadedScenario, arrivals: IntArray, tick_seconds: float, ticks: int) -> list[OfferingSeries]:
+    """The pool's offerings on the simulated cloud with their per-tick availability (see the module doc)."""
+    world = World(loaded, arrivals, tick_seconds, ticks)
+    keys: list[tuple[OfferingKey, float]] = []
+    for key in sorted(world.prices, key=str):
+        cand = candidate_for(world.pool, key)
+        if cand is not None:
+            keys.append((key, cand[1]))
+    avail = np.full((len(keys), ticks), UNLIMITED, dtype=np.int64)
+    for i in range(ticks):
+        world.apply_capacity(i)  # a fresh world holds no instance: this only sets the cloud's rules
+        for k, (key, _) in enumerate(keys):
+            n = world.provider._available(key)
+            if n is not None:
+                avail[k, i] = min(n, UNLIMITED)
+    return [
+        OfferingSeries(
+            name=str(key),
+            usd_per_hour=world.prices[key],
+            units=units,
+            available=avail[k].tolist(),
+            boot_ticks=max(0, math.ceil(boot_seconds(world, key) / tick_seconds - 1e-9)),
+        )
+        for k, (key, units) in enumerate(keys)
+    ]
+
+
+def solve_b3(
+    loaded: LoadedScenario,
+    arrivals: IntArray,
+    tick_seconds: float,
+    *,
+    time_limit_seconds: float = TIME_LIMIT_SECONDS,
+    max_ticks: int = MAX_TICKS,
+) -> B3:
+    """B3 on the scenario's demand and capacity (aggregated when longer than ``max_ticks`` ticks)."""
+    ticks = len(arrivals)
+    demand = demand_units(loaded, arrivals, tick_seconds)
+    offers = offerings(loaded, arrivals, tick_seconds, ticks)
+    fluid = fluid_lower_bound(demand, offers, tick_seconds)
+    factor = max(1, math.ceil(ticks / max_ticks))
+    if factor == 1:
+        result = offline_optimum(demand, offers, tick_seconds, time_limit_seconds=time_limit_seconds)
+    else:
+        agg = aggregate(demand, offers, factor)
+        coarse = offline_optimum(
+            agg.demand_units, agg.offerings, agg.tick_seconds(tick_seconds), time_limit_seconds=time_limit_seconds
+        )
+        result = disaggregate(coarse, demand, offers, tick_seconds, factor)
+    return B3(result, fluid, factor)
+
+
+def cost_vs_b3(cost_usd: float, b3: B3) -> float | None:
+    """A policy's cost over B3's (None when B3 has no finite positive cost)."""
+    b = b3.result.cost_usd
+    return cost_usd / b if math.isfinite(b) and b > 0 else None
+
+
+def attach_b3(loaded: LoadedScenario, runs: list[PolicyRun]) -> B3:
+    """Solve B3 for the scenario the runs replayed and add ``cost_vs_b3`` to each run's summary."""
+    tick, ticks = plan_ticks(loaded)
+    b3 = solve_b3(loaded, demand_arrivals(loaded, tick, ticks), tick)
+    for run in runs:
+        run.summary["cost_vs_b3"] = cost_vs_b3(run.summary["cost_usd"], b3)
+    return b3
