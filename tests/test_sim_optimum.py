@@ -7,11 +7,10 @@ import math
 import numpy as np
 import pytest
 
+from autoscaler.sim.aggregate import aggregate, disaggregate
 from autoscaler.sim.optimum import (
     OfferingSeries,
     OptimumResult,
-    aggregate,
-    disaggregate,
     fluid_lower_bound,
     offline_optimum,
 )

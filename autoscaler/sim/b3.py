@@ -14,8 +14,8 @@ The scenario is turned into the optimum's inputs here; the solving is :mod:`auto
   fresh world's :meth:`World.apply_capacity`: a capacity trace's count, a stockout window's 0, the policy's
   static ``clouds.simulated.capacity``), unlimited where no rule applies.
 
-Runs longer than :data:`MAX_TICKS` ticks are solved on blocks of ``factor`` ticks (:func:`optimum.aggregate`)
-and mapped back (:func:`optimum.disaggregate`): ``cost_usd`` is then an **upper bound** on the optimum and
+Runs longer than :data:`MAX_TICKS` ticks are solved on blocks of ``factor`` ticks (:func:`aggregate.aggregate`)
+and mapped back (:func:`aggregate.disaggregate`): ``cost_usd`` is then an **upper bound** on the optimum and
 ``lower_bound_usd`` the fluid lower bound.
 """
 
@@ -29,11 +29,10 @@ import numpy as np
 
 from autoscaler.model import OfferingKey
 from autoscaler.observe import candidate_for
+from autoscaler.sim.aggregate import aggregate, disaggregate
 from autoscaler.sim.optimum import (
     OfferingSeries,
     OptimumResult,
-    aggregate,
-    disaggregate,
     fluid_lower_bound,
     offline_optimum,
 )

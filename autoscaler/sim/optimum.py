@@ -65,15 +65,15 @@ Scaling and aggregation
 A 2,000-tick x 6-offering instance has ~24k integer columns. Measured (HiGHS 1.16, 2 cores, default
 ``mip_rel_gap=1e-3``): ~3.5 s to optimality when all offerings supply the same units; with mixed unit sizes
 (2/3/4) and noisy demand the per-tick coverage becomes a knapsack and it takes ~25-60 s (the LP relaxation
-alone: ~0.2 s). Phase 2 (below) runs only when phase 1 was solved to optimality. 30 days of 30 s ticks (86,400) is too big for CI: :func:`aggregate` coarsens by ``factor``
+alone: ~0.2 s). Phase 2 (below) runs only when phase 1 was solved to optimality. 30 days of 30 s ticks (86,400) is too big for CI: :func:`autoscaler.sim.aggregate.aggregate` coarsens by ``factor``
 ticks per block taking the **max** demand and the **min** availability in each block, with the boot delay
 rounded **up** to whole blocks (``ceil(b / factor)``). Direction: this is a *restriction*, so the
-aggregated optimum is an **upper bound** on the fine optimum, never a lower bound. Proof: :func:`disaggregate`
+aggregated optimum is an **upper bound** on the fine optimum, never a lower bound. Proof: :func:`autoscaler.sim.aggregate.disaggregate`
 maps any coarse schedule to a fine one (ready count held constant over each block, each coarse launch of
 block ``k`` placed at fine tick ``(k+B) f - b`` so it becomes ready exactly at its coarse ready block); that fine
 schedule covers every fine tick (coverage >= block max), respects every fine availability (alive <= block
 min) and costs at most the coarse cost (fine boot ``b <= B f`` ticks, partial last block is charged in full
-on the coarse grid). The coarse solver's dual bound is *not* a bound on the fine problem; :func:`disaggregate`
+on the coarse grid). The coarse solver's dual bound is *not* a bound on the fine problem; :func:`autoscaler.sim.aggregate.disaggregate`
 therefore reports the fine :func:`fluid_lower_bound` as ``lower_bound_usd``, giving the honest bracket
 ``[fluid bound, disaggregated cost]`` around the true fine optimum.
 """
@@ -88,98 +88,22 @@ from typing import Any
 
 import highspy
 import numpy as np
-import numpy.typing as npt
 
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
+from autoscaler.sim.series import (
+    FloatArray,
+    IntArray,
+    OfferingSeries,
+    OptimumResult,
+    _as_available,
+    _as_demand,
+    _check_offerings,
+    _window_sum,
+)
+
+__all__ = ["OfferingSeries", "OptimumResult", "fluid_lower_bound", "offline_optimum"]
 
 _INF = math.inf
 _UNMET_EPS = 1e-7  # unit-ticks below this are solver noise, not unmet demand
-
-
-@dataclass(frozen=True)
-class OfferingSeries:
-    """One offering's price, size, boot delay and per-tick availability."""
-
-    name: str  # e.g. "aws/us-east-1a/p4d.24xlarge/spot"
-    usd_per_hour: float
-    units: float  # capacity units one ready instance supplies
-    available: Sequence[int]  # per tick: how many instances of it can exist (large = unlimited)
-    boot_ticks: int  # ticks from launch to ready (paid while booting)
-
-
-@dataclass(frozen=True)
-class OptimumResult:
-    """An optimal (or best-found) schedule and its cost."""
-
-    cost_usd: float  # instance cost only (booting + ready ticks), never the unmet penalty
-    ready_units: FloatArray  # per tick: sum over offerings of units x ready instances
-    instances: dict[str, IntArray]  # per offering: instances alive (booting or ready) per tick
-    launches: dict[str, IntArray]  # per offering: launches per tick
-    status: str  # "optimal", "time_limit" (cost is the best found; see lower_bound_usd), ...
-    lower_bound_usd: float  # the solver's dual bound on cost_usd (see module docstring for the caveats)
-    unmet_unit_ticks: float = 0.0  # sum over ticks of demand not covered by ready units
-    ready: dict[str, IntArray] | None = None  # per offering: ready instances per tick
-    solve_seconds: float = 0.0  # wall time spent in HiGHS (informational only)
-
-
-@dataclass(frozen=True)
-class AggregatedProblem:
-    """A coarsened problem: ``factor`` fine ticks per block (see :func:`aggregate`)."""
-
-    demand_units: FloatArray  # per block: max fine demand
-    offerings: tuple[OfferingSeries, ...]  # per block: min fine availability; boot = ceil(b / factor)
-    factor: int
-    n_fine_ticks: int
-
-    def tick_seconds(self, fine_tick_seconds: float) -> float:
-        """The block length in seconds."""
-        return fine_tick_seconds * self.factor
-
-
-# --------------------------------------------------------------------------------------------------- inputs
-
-
-def _as_demand(demand_units: Sequence[float] | FloatArray) -> FloatArray:
-    demand = np.asarray(demand_units, dtype=np.float64)
-    if demand.ndim != 1:
-        raise ValueError("demand_units must be one-dimensional")
-    if not np.all(np.isfinite(demand)) or np.any(demand < 0):
-        raise ValueError("demand_units must be finite and non-negative")
-    return demand
-
-
-def _as_available(offering: OfferingSeries, n_ticks: int) -> FloatArray:
-    avail = np.asarray(offering.available, dtype=np.float64)
-    if avail.shape != (n_ticks,):
-        raise ValueError(f"{offering.name}: available has {avail.size} ticks, demand has {n_ticks}")
-    if np.any(avail < 0) or np.any(np.isnan(avail)):
-        raise ValueError(f"{offering.name}: available must be non-negative")
-    return np.floor(avail)
-
-
-def _check_offerings(offerings: Sequence[OfferingSeries]) -> None:
-    names = [o.name for o in offerings]
-    if len(set(names)) != len(names):
-        raise ValueError("offering names must be unique")
-    for o in offerings:
-        if not (o.units > 0 and math.isfinite(o.units)):
-            raise ValueError(f"{o.name}: units must be positive")
-        if not (o.usd_per_hour >= 0 and math.isfinite(o.usd_per_hour)):
-            raise ValueError(f"{o.name}: usd_per_hour must be non-negative")
-        if o.boot_ticks < 0:
-            raise ValueError(f"{o.name}: boot_ticks must be non-negative")
-
-
-def _window_sum(x: FloatArray, b: int, n_ticks: int) -> FloatArray:
-    """out[t] = sum_{s=t-b+1..t} x[s] (x indexed from 0, zero outside), for t = 0..n_ticks-1."""
-    padded = np.zeros(n_ticks, dtype=np.float64)
-    padded[: min(x.size, n_ticks)] = x[:n_ticks]
-    if b == 0:
-        return np.zeros(n_ticks, dtype=np.float64)
-    c = np.concatenate(([0.0], np.cumsum(padded)))
-    t = np.arange(n_ticks)
-    return c[t + 1] - c[np.maximum(t + 1 - b, 0)]
 
 
 # --------------------------------------------------------------------------------------------- fluid bound
@@ -543,95 +467,3 @@ def _to_int(x: FloatArray, integral: bool) -> IntArray:
 
 
 # ------------------------------------------------------------------------------------------- aggregation
-
-
-def aggregate(
-    demand_units: Sequence[float] | FloatArray, offerings: Sequence[OfferingSeries], factor: int
-) -> AggregatedProblem:
-    """Coarsen to blocks of ``factor`` ticks: max demand, min availability, boot rounded up to whole blocks.
-
-    A *restriction* of the fine problem: the coarse optimum (mapped back by :func:`disaggregate`) is an
-    **upper bound** on the fine optimum. Solve it with ``tick_seconds = factor x fine tick_seconds``.
-    """
-    if factor < 1:
-        raise ValueError("factor must be >= 1")
-    demand = _as_demand(demand_units)
-    _check_offerings(offerings)
-    n = demand.size
-    n_blocks = -(-n // factor)
-    pad = n_blocks * factor - n
-    d = np.pad(demand, (0, pad), mode="edge") if n else demand
-    coarse_demand = d.reshape(n_blocks, factor).max(axis=1) if n else demand
-    coarse: list[OfferingSeries] = []
-    for o in offerings:
-        a = _as_available(o, n)
-        a = np.pad(a, (0, pad), mode="edge") if n else a
-        a_min = a.reshape(n_blocks, factor).min(axis=1) if n else a
-        avail_list: list[int] = [int(v) for v in np.minimum(a_min, 2**62)]
-        coarse.append(
-            OfferingSeries(
-                name=o.name,
-                usd_per_hour=o.usd_per_hour,
-                units=o.units,
-                available=avail_list,
-                boot_ticks=-(-o.boot_ticks // factor),
-            )
-        )
-    return AggregatedProblem(coarse_demand, tuple(coarse), factor, n)
-
-
-def disaggregate(
-    coarse: OptimumResult,
-    demand_units: Sequence[float] | FloatArray,
-    offerings: Sequence[OfferingSeries],
-    tick_seconds: float,
-    factor: int,
-) -> OptimumResult:
-    """Map a coarse schedule (from :func:`aggregate` + :func:`offline_optimum`) onto the fine ticks.
-
-    The ready count is held over each block and each coarse launch at block ``k`` becomes a fine launch at
-    ``(k + ceil(b/f)) f - b``, ready exactly when its coarse block is. The result is feasible for the fine
-    problem; ``cost_usd`` is its fine cost (an upper bound on the fine optimum when the coarse solve was
-    feasible) and ``lower_bound_usd`` the fine :func:`fluid_lower_bound`.
-    """
-    if coarse.ready is None:
-        raise ValueError("coarse result carries no per-offering ready counts")
-    demand = _as_demand(demand_units)
-    n = demand.size
-    hours = tick_seconds / 3600.0
-    fine_t = np.arange(n)
-    launches: dict[str, IntArray] = {}
-    instances: dict[str, IntArray] = {}
-    ready: dict[str, IntArray] = {}
-    ready_units = np.zeros(n, dtype=np.float64)
-    total = 0.0
-    for o in offerings:
-        b = o.boot_ticks
-        big_b = -(-b // factor)
-        rc = coarse.ready[o.name]
-        lc = coarse.launches[o.name]
-        rk = rc[fine_t // factor].astype(np.float64)
-        lk = np.zeros(n, dtype=np.float64)
-        blocks = np.nonzero(lc)[0]
-        at = (blocks + big_b) * factor - b
-        if np.any(at >= n) or np.any(at < 0):
-            raise ValueError(f"{o.name}: coarse launch cannot be placed on the fine grid")
-        np.add.at(lk, at, lc[blocks].astype(np.float64))
-        alive = rk + _window_sum(lk, b, n)
-        total += o.usd_per_hour * hours * float(np.sum(alive))
-        ready_units += o.units * rk
-        launches[o.name] = lk.astype(np.int64)
-        instances[o.name] = alive.astype(np.int64)
-        ready[o.name] = rk.astype(np.int64)
-    unmet = float(np.sum(np.maximum(demand - ready_units, 0.0)))
-    return OptimumResult(
-        cost_usd=total,
-        ready_units=ready_units,
-        instances=instances,
-        launches=launches,
-        status=coarse.status,
-        lower_bound_usd=fluid_lower_bound(demand, offerings, tick_seconds),
-        unmet_unit_ticks=unmet if unmet > _UNMET_EPS else 0.0,
-        ready=ready,
-        solve_seconds=coarse.solve_seconds,
-    )
