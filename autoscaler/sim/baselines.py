@@ -40,16 +40,22 @@ KEDA_COOLDOWN_SECONDS = 300.0
 def cheapest_on_demand(world: World) -> tuple[Candidate, list[OfferingKey]]:
     """The pool's on-demand candidate with the lowest price per capacity unit, and its offerings (cheapest
     first, then by zone). Raises ValueError when the pool has no on-demand candidate on offer."""
+    return cheapest_candidate(world, Market.ON_DEMAND)
+
+
+def cheapest_candidate(world: World, market: Market) -> tuple[Candidate, list[OfferingKey]]:
+    """The pool's candidate in `market` with the lowest price per capacity unit, and its offerings (cheapest
+    first, then by zone). Raises ValueError when the pool has no such candidate on offer."""
     best: tuple[float, Candidate, list[OfferingKey]] | None = None
     for cand in world.pool.candidates:
-        if cand.market != Market.ON_DEMAND:
+        if cand.market != market:
             continue
         keys = [
             k
             for k in world.prices
             if k.cloud == cand.cloud
             and k.instance_type == cand.instance_type
-            and k.market == Market.ON_DEMAND
+            and k.market == market
             and (cand.regions is None or k.region in cand.regions)
             and (cand.zones is None or k.zone in cand.zones)
         ]
@@ -60,7 +66,7 @@ def cheapest_on_demand(world: World) -> tuple[Candidate, list[OfferingKey]]:
         if best is None or per_unit < best[0]:
             best = (per_unit, cand, keys)
     if best is None:
-        raise ValueError(f"pool {world.pool.name!r} has no on-demand candidate on offer")
+        raise ValueError(f"pool {world.pool.name!r} has no {market} candidate on offer")
     return best[1], best[2]
 
 
@@ -69,9 +75,9 @@ class _OnDemandFleet:
 
     name = "baseline"
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: World, market: Market = Market.ON_DEMAND) -> None:
         self.world = world
-        self.candidate, self.offerings = cheapest_on_demand(world)
+        self.candidate, self.offerings = cheapest_candidate(world, market)
         self.units = self.candidate.throughput
         self.ids: list[str] = []  # live (billed) instances we launched, oldest first
         self.launches = 0
@@ -87,30 +93,35 @@ class _OnDemandFleet:
         self.ids = [c for c in self.ids if states.get(c) in BILLED]
         return sum(states[c] == CloudState.RUNNING for c in self.ids)
 
+    def _try_launch(self, key: OfferingKey) -> bool:
+        """Launch one instance on `key`; False when the cloud refused it (capacity errors are counted)."""
+        self._seq += 1
+        token = f"{self.world.policy.daemon.id}/{self.name}/{self._seq}"
+        tags = {TAG_DAEMON: self.world.policy.daemon.id, TAG_POOL: self.world.pool.name, TAG_INTENT: token}
+        try:
+            inst = self.world.provider.launch(
+                LaunchRequest(token, self.world.pool.name, key, LaunchTemplate(), tags)
+            )
+        except CapacityError:
+            self.capacity_errors += 1
+            return False
+        except ProviderError:
+            return False
+        if inst.state not in BILLED:
+            return False
+        self.ids.append(inst.cloud_id)
+        self.launches += 1
+        return True
+
     def _launch(self, count: int) -> None:
         refused: set[OfferingKey] = set()
         for _ in range(count):
             for key in self.offerings:
                 if key in refused:
                     continue
-                self._seq += 1
-                token = f"{self.world.policy.daemon.id}/{self.name}/{self._seq}"
-                tags = {TAG_DAEMON: self.world.policy.daemon.id, TAG_POOL: self.world.pool.name, TAG_INTENT: token}
-                try:
-                    inst = self.world.provider.launch(
-                        LaunchRequest(token, self.world.pool.name, key, LaunchTemplate(), tags)
-                    )
-                except CapacityError:
-                    self.capacity_errors += 1
-                    refused.add(key)
-                    continue
-                except ProviderError:
-                    refused.add(key)
-                    continue
-                if inst.state in BILLED:
-                    self.ids.append(inst.cloud_id)
-                    self.launches += 1
+                if self._try_launch(key):
                     break
+                refused.add(key)
             else:
                 return  # every offering refused: try again next tick
 

@@ -4,8 +4,9 @@ The runner owns the world (clock, cloud, capacity traces, queue model) and the t
 and acts once per tick on that world and says how many capacity units it wanted and how many were ready to
 serve. Implemented: "daemon" (autoscaler.sim.daemon_policy: the daemon's own reconcile under the scenario's
 policy file), and the baselines "static" (B0: peak provisioning, on-demand) and "keda" (B1: KEDA's reactive
-defaults, on-demand) in autoscaler.sim.baselines, all registered in `autoscaler.sim.runner.POLICIES`. B2
-(SpotHedge) would be one more SimPolicy; the offline optimum (B3) is solved separately (autoscaler/sim/optimum.py).
+defaults, on-demand) in autoscaler.sim.baselines, and B2 "spothedge" (SkyServe's SpotHedge) in
+autoscaler.sim.spothedge, all registered in `autoscaler.sim.runner.POLICIES`; the offline optimum (B3) is solved
+separately (autoscaler/sim/optimum.py).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from autoscaler.sim.baselines import KedaPolicy, StaticPolicy
 from autoscaler.sim.daemon_policy import DaemonPolicy
 from autoscaler.sim.policy import SimPolicy
 from autoscaler.sim.scenario import LoadedScenario
+from autoscaler.sim.spothedge import SpotHedgePolicy
 from autoscaler.sim.traces import FloatArray, IntArray, arrivals_per_tick
 from autoscaler.sim.world import World
 
@@ -28,6 +29,7 @@ POLICIES: dict[str, Callable[[World], SimPolicy]] = {
     "daemon": DaemonPolicy,
     "static": StaticPolicy,
     "keda": KedaPolicy,
+    "spothedge": SpotHedgePolicy,
 }
 
 COLUMNS = (

@@ -105,7 +105,7 @@ class BootDelay(Strict):
         )
 
 
-PolicyName = Literal["daemon", "static", "keda"]
+PolicyName = Literal["daemon", "static", "keda", "spothedge"]
 
 
 def _daemon_only() -> list[PolicyName]:
@@ -116,7 +116,7 @@ class Scenario(Strict):
     policy: Path = Field(description="the policy YAML (its simulated cloud supplies the offerings)")
     pool: str | None = Field(None, description="the pool the demand feeds (default: the policy's only pool)")
     policies: list[PolicyName] = Field(
-        default_factory=_daemon_only, description="what to run: daemon, static, keda"
+        default_factory=_daemon_only, description="what to run: daemon, static, keda, spothedge"
     )
     start: datetime = Field(datetime(2025, 1, 1, tzinfo=UTC), description="the simulated clock's start")
     tick_seconds: PositiveFloat | None = Field(None, description="default: the policy's daemon.tick_seconds")
