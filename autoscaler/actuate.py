@@ -6,6 +6,11 @@ first, then each goes REQUESTED -> cloud call -> result, in a bounded thread poo
 A crash between any two steps leaves a record that the next tick's observe() resolves from the cloud listing:
 PENDING/REQUESTED records are re-launched with the same token (idempotent), tagged instances without a record are
 adopted. A failed call is never retried here: the retry is the next tick.
+
+Dry run (`run --dry-run`, shadow mode): apply() calls no cloud and writes nothing to the instance table, not even
+observed transitions or adoptions (simple and safe: the table stays as the last real run left it, so a later
+real run resumes from the truth it observes). It logs what it would launch and terminate; capacity events (the
+clouds' own answers, which only steer placement) are still recorded, and the Daemon records the decisions.
 """
 
 from __future__ import annotations
@@ -67,8 +72,10 @@ class Actuator:
         daemon_id: str,
         max_workers: int = 8,
         crash_hook: Callable[[str, Launch], None] | None = None,
+        dry_run: bool = False,
     ) -> None:
         self.store = store
+        self.dry_run = dry_run
         self.providers = providers
         self.clock = clock
         self.metrics = metrics
@@ -84,6 +91,9 @@ class Actuator:
         result = ActuationResult()
         for event in plan.capacity_events:
             self._record_failure(event)
+        if self.dry_run:
+            self._log_dry_run(plan)
+            return result
         for intent in plan.intents:
             if isinstance(intent, Transition):
                 self._transition(intent.token, intent.to, intent.reason, intent.cloud_id, result)
@@ -92,6 +102,15 @@ class Actuator:
         self._terminate(plan.of_type(Terminate), result)
         self._launch(plan.of_type(Launch), policy, result)
         return result
+
+    def _log_dry_run(self, plan: Plan) -> None:
+        for launch in plan.of_type(Launch):
+            log.info("dry run: would launch %s for pool %s: %s", launch.offering, launch.pool, launch.reason)
+        for t in plan.of_type(Terminate):
+            log.info("dry run: would terminate %s %s (pool %s): %s", t.cloud, t.cloud_id, t.pool, t.reason)
+        skipped = len(plan.of_type(Transition)) + len(plan.of_type(Adopt))
+        if skipped:
+            log.debug("dry run: %d transition(s)/adoption(s) not recorded", skipped)
 
     # ------------------------------------------------------------------ store-only steps
 

@@ -67,7 +67,10 @@ def main() -> None:
 )
 @click.option("--admin", "admin", metavar="HOST:PORT", help="admin API address (overrides the policy)")
 @click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
-def run(policy: Path | None, state_dir: Path | None, admin: str | None, log_level: str) -> None:
+@click.option(
+    "--dry-run", is_flag=True, help="shadow mode: plan and record decisions, never launch or terminate anything"
+)
+def run(policy: Path | None, state_dir: Path | None, admin: str | None, log_level: str, dry_run: bool) -> None:
     """Run the daemon until SIGTERM. SIGHUP reloads the policy file."""
     from autoscaler.clock import SystemClock
     from autoscaler.daemon import Daemon
@@ -96,6 +99,7 @@ def run(policy: Path | None, state_dir: Path | None, admin: str | None, log_leve
             clock=clock,
             provider_factory=lambda p: build_providers(p, clock, state_dir=state),
             policy_path=policy,
+            dry_run=dry_run,
         )
     except ProviderError as exc:  # a cloud or source that cannot be built: say which, and how to fix it
         store.close()
@@ -107,7 +111,8 @@ def run(policy: Path | None, state_dir: Path | None, admin: str | None, log_leve
         store.close()
         raise click.ClickException(str(exc)) from None
     logging.getLogger("autoscaler").info(
-        "running policy %s; state in %s; admin API on http://%s%s",
+        "%srunning policy %s; state in %s; admin API on http://%s%s",
+        "DRY RUN (nothing is launched or terminated): " if dry_run else "",
         loaded.source,
         state,
         listen,

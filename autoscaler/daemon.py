@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -22,7 +23,7 @@ from autoscaler.errors import ProviderError
 from autoscaler.gather import Gatherer
 from autoscaler.interfaces import Clock, MetricSource, Provider
 from autoscaler.metrics import Metrics
-from autoscaler.model import Launch, Plan, PoolDecision, ScalingState, Snapshot
+from autoscaler.model import Launch, Plan, PoolDecision, ScalingState, Snapshot, Terminate
 from autoscaler.policyfile import LoadedPolicy, PolicyError, load_policy
 from autoscaler.reconcile import reconcile
 from autoscaler.sources import build_sources
@@ -48,8 +49,10 @@ class Daemon:
         policy_path: Path | None = None,
         metrics: Metrics | None = None,
         crash_hook: Callable[[str, Launch], None] | None = None,
+        dry_run: bool = False,
     ) -> None:
         self.store = store
+        self.dry_run = dry_run  # shadow mode: plan, explain and record decisions, but never act (see actuate)
         self.clock = clock
         self.metrics = metrics or Metrics()
         self.policy_path = policy_path
@@ -194,6 +197,7 @@ class Daemon:
                 policy.daemon.id,
                 max_workers=policy.daemon.max_parallel_cloud_calls,
                 crash_hook=self._crash_hook,
+                dry_run=self.dry_run,
             )
             now = self.clock.now()
             name = f"{policy.daemon.id}/{self.incarnation}/{now.isoformat()}"
@@ -218,6 +222,8 @@ class Daemon:
                 if not launches:
                     break
                 result = actuator.apply(replace(fallback, intents=launches, capacity_events=()), policy)
+            if self.dry_run:
+                decisions = _dry_run_decisions(decisions, plan)
             self._scaling_state = dict(plan.scaling_state)
             self._missing_since = dict(plan.missing_since)
             self.store.save_scaling_state(plan.scaling_state)
@@ -293,6 +299,20 @@ def _merge_decisions(
             skipped=tuple(dict.fromkeys((*old.skipped, *new.skipped))),
         )
     return merged
+
+
+def _dry_run_decisions(decisions: Mapping[str, PoolDecision], plan: Plan) -> dict[str, PoolDecision]:
+    """Say in each pool's decision what a dry run did not send."""
+    launches = Counter(i.pool for i in plan.of_type(Launch))
+    terminations = Counter(i.pool for i in plan.of_type(Terminate) if i.pool is not None)
+    out = dict(decisions)
+    for name, old in decisions.items():
+        notes = [f"dry run: {launches[name]} launch(es) not sent"] if launches[name] else []
+        if terminations[name]:
+            notes.append(f"dry run: {terminations[name]} termination(s) not sent")
+        if notes:
+            out[name] = replace(old, reasons=(*old.reasons, *notes))
+    return out
 
 
 def _close_sources(sources: Mapping[str, list[MetricSource]]) -> None:

@@ -68,6 +68,7 @@ class TestControl:
     alive: tuple[bool, str] = (True, "last tick 3s ago")
     ready: tuple[bool, str] = (True, "a tick completed 3s ago")
     last_snapshot: Snapshot | None = None  # the daemon sets it at the end of each tick; tests set it by hand
+    dry_run: bool = False
 
     def policy(self) -> LoadedPolicy:
         return self.loaded

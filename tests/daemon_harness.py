@@ -68,6 +68,7 @@ def _daemon(
     cloud: SimulatedProvider,
     crash_hook: Callable[[str, Launch], None] | None = None,
     policy_path: Path | None = None,
+    dry_run: bool = False,
 ) -> Daemon:
     return Daemon(
         loaded,
@@ -76,4 +77,5 @@ def _daemon(
         provider_factory=lambda _p: {"simulated": cloud},
         crash_hook=crash_hook,
         policy_path=policy_path,
+        dry_run=dry_run,
     )

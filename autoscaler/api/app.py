@@ -313,6 +313,7 @@ def create_app(control: DaemonControl, token: str | None) -> FastAPI:
             source=loaded.source,
             sha256=loaded.sha256,
             pools=[p.name for p in loaded.policy.pools],
+            dry_run=control.dry_run,
             revisions=[s.RevisionOut.of(r) for r in control.store.policy_revisions(limit=20)],
         )
 

@@ -33,6 +33,11 @@ class DaemonControl(Protocol):
         Snapshot.demand); None before the first tick. A Snapshot is immutable: reading it needs no lock."""
         ...
 
+    @property
+    def dry_run(self) -> bool:
+        """Shadow mode: the daemon plans and records decisions but calls no cloud to launch or terminate."""
+        ...
+
     def policy(self) -> LoadedPolicy:
         """The policy in force."""
         ...

@@ -449,6 +449,7 @@ class PolicyOut(BaseModel):
     source: str
     sha256: str
     pools: list[str]
+    dry_run: bool = Field(False, description="shadow mode (run --dry-run): plans are recorded, never acted on")
     revisions: list[RevisionOut] = Field(description="newest first, rejected ones included")
 
 
