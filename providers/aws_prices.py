@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoscaler import config
+from providers._refresh_report import RefreshReport, RegionRefresh
 from providers.aws_catalog import AwsCatalog, CatalogPrice, Key, overlay_path, read_overlay, write_overlay
 
 if TYPE_CHECKING:
@@ -67,44 +68,6 @@ AUTH_CODES = frozenset(
         "OptInRequired",
     }
 )
-
-
-@dataclass(frozen=True)
-class RegionRefresh:
-    """What one region's refresh did. `kept`: types whose earlier price (shipped or refreshed before) stays;
-    `missing`: types with no price at all; `reasons`: why anything was not refreshed (empty if all were)."""
-
-    region: str
-    refreshed: tuple[str, ...]
-    kept: tuple[str, ...]
-    missing: tuple[str, ...]
-    reasons: tuple[str, ...]
-
-    @property
-    def why(self) -> str:
-        return "; ".join(self.reasons)
-
-
-@dataclass(frozen=True)
-class RefreshReport:
-    as_of: date
-    regions: tuple[RegionRefresh, ...]
-    overlay: Path | None  # the file written; None when nothing was refreshed (the file is left as it was)
-
-    @property
-    def refreshed(self) -> int:
-        return sum(len(r.refreshed) for r in self.regions)
-
-    @property
-    def kept(self) -> int:
-        return sum(len(r.kept) for r in self.regions)
-
-    @property
-    def missing(self) -> int:
-        return sum(len(r.missing) for r in self.regions)
-
-    def region(self, name: str) -> RegionRefresh | None:
-        return next((r for r in self.regions if r.region == name), None)
 
 
 class _Failure(Exception):
@@ -186,7 +149,7 @@ def _refresh(
         results.append(_region_result(region, refreshed, unrefreshed, reasons, current))
 
     if not fetched:
-        return RefreshReport(as_of, tuple(results), None)
+        return RefreshReport(as_of, tuple(results), ())
     merged = read_overlay(state_dir)
     merged.update(fetched)
     try:
@@ -204,8 +167,8 @@ def _refresh(
             )
             for r in results
         ]
-        return RefreshReport(as_of, tuple(unsaved), None)
-    return RefreshReport(as_of, tuple(results), path)
+        return RefreshReport(as_of, tuple(unsaved), ())
+    return RefreshReport(as_of, tuple(results), (path,))
 
 
 def _region_result(

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from autoscaler import config
+from providers._refresh_report import RefreshReport, RegionRefresh
 from providers.azure_catalog import AzureCatalog, AzurePrice, Key, overlay_path, read_overlay, write_overlay
 
 if TYPE_CHECKING:
@@ -38,37 +38,6 @@ API_VERSION = "2023-01-01-preview"
 SOURCE = "azure-retail-prices-api"
 TIMEOUT = httpx.Timeout(20.0, connect=5.0)
 MAX_PAGES = 20  # a location's query for a few sizes is a page or two; more means the filter is wrong
-
-
-@dataclass(frozen=True)
-class RegionRefresh:
-    region: str
-    refreshed: tuple[str, ...]
-    kept: tuple[str, ...]  # not refreshed, an earlier price (shipped or refreshed before) stays
-    missing: tuple[str, ...]  # not refreshed, and no price at all
-    reasons: tuple[str, ...]
-
-    @property
-    def why(self) -> str:
-        return "; ".join(self.reasons)
-
-
-@dataclass(frozen=True)
-class RefreshReport:
-    as_of: date
-    regions: tuple[RegionRefresh, ...]
-    overlay: Path | None  # the file written; None when nothing was refreshed
-
-    @property
-    def refreshed(self) -> int:
-        return sum(len(r.refreshed) for r in self.regions)
-
-    @property
-    def kept(self) -> int:
-        return sum(len(r.kept) for r in self.regions)
-
-    def region(self, name: str) -> RegionRefresh | None:
-        return next((r for r in self.regions if r.region == name), None)
 
 
 class _Failure(Exception):
@@ -201,7 +170,7 @@ def refresh_prices(
                 refreshed.append(size)
             results.append(_region_result(region, refreshed, wanted, reasons, current))
     if not fetched:
-        return RefreshReport(as_of, tuple(results), None)
+        return RefreshReport(as_of, tuple(results), ())
     merged = read_overlay(state_dir)
     merged.update(fetched)
     try:
@@ -209,8 +178,8 @@ def refresh_prices(
     except OSError as exc:
         reason = f"cannot save refreshed prices to {overlay_path(state_dir)}: {exc}"
         unsaved = [_region_result(r.region, [], wanted, [reason, *r.reasons], current) for r in results]
-        return RefreshReport(as_of, tuple(unsaved), None)
-    return RefreshReport(as_of, tuple(results), path)
+        return RefreshReport(as_of, tuple(unsaved), ())
+    return RefreshReport(as_of, tuple(results), (path,))
 
 
 def _region_result(

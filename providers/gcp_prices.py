@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from autoscaler import config
 from autoscaler.model import Market
 from providers._catalog_files import write_atomically
+from providers._refresh_report import RefreshReport, RegionRefresh
 from providers.gcp_catalog import (
     ACCELERATORS_FILE,
     MACHINES_FILE,
@@ -71,33 +72,6 @@ RateKey = tuple[str, str, Market, str]  # (kind: core|ram|gpu, family or acceler
 
 class RefreshFailure(Exception):
     """Reading the Billing Catalog failed: nothing can be refreshed."""
-
-
-@dataclass(frozen=True)
-class RegionRefresh:
-    region: str
-    refreshed: tuple[str, ...]  # machine types and accelerators whose prices were refreshed
-    kept: tuple[str, ...]  # those that keep an earlier price
-    missing: tuple[str, ...]  # those with no price at all
-    reasons: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class RefreshReport:
-    as_of: date
-    regions: tuple[RegionRefresh, ...]
-    written: tuple[Path, ...]  # the overlay files written (none when nothing was refreshed)
-
-    @property
-    def refreshed(self) -> int:
-        return sum(len(r.refreshed) for r in self.regions)
-
-    @property
-    def kept(self) -> int:
-        return sum(len(r.kept) for r in self.regions)
-
-    def region(self, name: str) -> RegionRefresh | None:
-        return next((r for r in self.regions if r.region == name), None)
 
 
 def fetch_skus(fetch: Fetch, endpoint: str = ENDPOINT) -> list[dict[str, Any]]:
