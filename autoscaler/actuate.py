@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from autoscaler import capacity
+from autoscaler.breaker import CircuitOpen
 from autoscaler.config import Policy
 from autoscaler.errors import AuthError, CapacityError, ConfigError, NotFound, ProviderError, QuotaError
 from autoscaler.interfaces import Clock, Provider
@@ -46,7 +47,7 @@ from autoscaler.model import (
     Terminate,
     Transition,
 )
-from autoscaler.store import Store
+from autoscaler.store import Fence, Store
 
 log = logging.getLogger(__name__)
 S = InstanceState
@@ -73,8 +74,12 @@ class Actuator:
         max_workers: int = 8,
         crash_hook: Callable[[str, Launch], None] | None = None,
         dry_run: bool = False,
+        fence: Fence | None = None,
     ) -> None:
         self.store = store
+        # High availability: every instance write and every cloud call is fenced with the leader's token; the
+        # store raises StaleLeader (nothing written, no call made) once another daemon holds the lease.
+        self.fence = fence
         self.dry_run = dry_run
         self.providers = providers
         self.clock = clock
@@ -130,7 +135,7 @@ class Actuator:
         self, token: str, to: InstanceState, reason: str, cloud_id: str | None, result: ActuationResult
     ) -> bool:
         try:
-            self.store.transition(token, to, reason, self.clock.now(), cloud_id=cloud_id)
+            self.store.transition(token, to, reason, self.clock.now(), cloud_id=cloud_id, fence=self.fence)
             return True
         except (IllegalTransition, KeyError) as exc:
             # The record moved since the snapshot (another replica, an earlier step of this tick): the next
@@ -142,7 +147,7 @@ class Actuator:
     def _adopt(self, intent: Adopt) -> None:
         now = self.clock.now()
         if self.store.get_instance(intent.token) is None:
-            self.store.add_instance(intent.record(now), intent.reason, now)
+            self.store.add_instance(intent.record(now), intent.reason, now, fence=self.fence)
             log.warning(
                 "adopted %s %s into pool %s", intent.instance.offering, intent.instance.cloud_id, intent.pool
             )
@@ -167,6 +172,8 @@ class Actuator:
             if provider is None:
                 result.errors.append(f"no provider {cloud!r} to terminate {[t.cloud_id for t in batch]}")
                 continue
+            if self.fence is not None:
+                self.store.check_fence(self.fence)  # some of these have no row to write (leaks, retries)
             try:
                 provider.terminate([t.cloud_id for t in batch])
                 log.info("terminated on %s: %s", cloud, ", ".join(f"{t.cloud_id} ({t.reason})" for t in batch))
@@ -189,7 +196,7 @@ class Actuator:
                     # The same intent was written before (a replayed tick): it is followed up as a retry.
                     log.info("intent %s already recorded", launch.token)
                     continue
-                self.store.add_instance(_record(launch, now), launch.reason, now)
+                self.store.add_instance(_record(launch, now), launch.reason, now, fence=self.fence)
             self._crash("after_intent", launch)
         with ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="launch") as pool:
             futures = [pool.submit(self._launch_one, launch, policy, result) for launch in launches]
@@ -204,6 +211,8 @@ class Actuator:
             launch.token, S.REQUESTED, "calling the cloud", None, result
         ):
             return
+        if rec.state == S.REQUESTED and self.fence is not None:
+            self.store.check_fence(self.fence)  # a retry writes no intent of its own: check the lease anyway
         self._crash("after_requested", launch)
         provider = self.providers.get(launch.offering.cloud)
         if provider is None:
@@ -265,6 +274,8 @@ class Actuator:
 
 
 def _failure_of(exc: CapacityError | QuotaError | AuthError | ConfigError) -> tuple[FailureKind, Scope]:
+    if isinstance(exc, CircuitOpen):  # not sent: the cloud's circuit breaker is open (autoscaler.breaker)
+        return FailureKind.UNRESPONSIVE, exc.scope
     if isinstance(exc, CapacityError):
         return FailureKind.CAPACITY, exc.scope
     if isinstance(exc, QuotaError):

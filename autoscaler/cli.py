@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -16,6 +17,9 @@ from autoscaler import __version__
 from autoscaler.config import Policy
 from autoscaler.errors import ProviderError
 from autoscaler.policyfile import LoadedPolicy, PolicyError, load_default_policy, load_policy
+
+if TYPE_CHECKING:
+    from autoscaler.store import Store
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8321"
 PRICED_CLOUDS = ("aws", "gcp", "azure")  # each has providers/<cloud>_prices.py with run_refresh()
@@ -38,17 +42,24 @@ def _load(policy: Path | None) -> LoadedPolicy:
         sys.exit(2)
 
 
+ADMIN_TOKEN_CREDENTIAL = "admin-token"  # systemd: LoadCredential=admin-token:/etc/gpu-autoscaler/admin-token
+
+
 def read_admin_token(policy: Policy) -> str | None:
+    """The admin token: $<token_env>, else token_file, else systemd's credential `admin-token`
+    ($CREDENTIALS_DIRECTORY/admin-token, from LoadCredential= in the unit), else none (read-only API)."""
     admin = policy.daemon.admin
     if token := os.environ.get(admin.token_env, "").strip():
         return token
-    if admin.token_file is not None:
+    token_file = admin.token_file
+    if token_file is None and (credentials := os.environ.get("CREDENTIALS_DIRECTORY")):
+        candidate = Path(credentials) / ADMIN_TOKEN_CREDENTIAL
+        token_file = candidate if candidate.is_file() else None
+    if token_file is not None:
         try:
-            return admin.token_file.read_text(encoding="utf-8").strip() or None
+            return token_file.read_text(encoding="utf-8").strip() or None
         except OSError as exc:
-            raise click.ClickException(
-                f"cannot read the admin token file {admin.token_file}: {exc.strerror}"
-            ) from None
+            raise click.ClickException(f"cannot read the admin token file {token_file}: {exc.strerror}") from None
     return None
 
 
@@ -75,7 +86,6 @@ def run(policy: Path | None, state_dir: Path | None, admin: str | None, log_leve
     from autoscaler.clock import SystemClock
     from autoscaler.daemon import Daemon
     from autoscaler.runner import Runner
-    from autoscaler.store import Store
     from providers import build_providers
 
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -91,7 +101,8 @@ def run(policy: Path | None, state_dir: Path | None, admin: str | None, log_leve
     url = settings.database_url or f"sqlite:///{state / 'autoscaler.db'}"
     token = read_admin_token(loaded.policy)
     clock = SystemClock()
-    store = Store.open(url)
+    single_node = _single_node_lock(url)  # noqa: F841 (held, not used: released when the process ends)
+    store = _open_store(url)
     try:
         daemon = Daemon(
             loaded,
@@ -119,7 +130,44 @@ def run(policy: Path | None, state_dir: Path | None, admin: str | None, log_leve
         "" if token else f" (read-only: set {settings.admin.token_env} to enable mutating calls)",
     )
     runner.install_signal_handlers()
-    runner.wait()
+    if not runner.wait():
+        sys.exit(1)  # not a clean stop: let systemd's Restart=on-failure (or the orchestrator) restart us
+
+
+def _open_store(url: str) -> Store:
+    """Open (and migrate) the state database, or exit with one line saying what is wrong with it."""
+    from sqlalchemy.exc import ArgumentError, OperationalError
+
+    from autoscaler.store import Store
+
+    try:
+        return Store.open(url)
+    except (ValueError, ArgumentError) as exc:
+        raise click.ClickException(f"daemon.database_url: {exc}") from None
+    except OperationalError as exc:  # unreachable server, bad credentials, unwritable file
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        raise click.ClickException(f"cannot open the state database: {reason}") from None
+
+
+def _single_node_lock(url: str) -> object:
+    """SQLite is single-node: hold an exclusive lock beside the database file for the life of the process; a
+    second daemon on the same file exits 2 with a message saying why (high availability needs PostgreSQL)."""
+    from sqlalchemy.exc import ArgumentError
+
+    from autoscaler.leader import AlreadyRunning, SingleNodeLock
+    from autoscaler.store.engine import normalise_url
+
+    try:
+        parsed = normalise_url(url)
+    except ArgumentError as exc:
+        raise click.ClickException(f"daemon.database_url: {exc}") from None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    try:
+        return SingleNodeLock(Path(parsed.database).expanduser().resolve())
+    except AlreadyRunning as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
 
 
 @main.command()

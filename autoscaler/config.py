@@ -18,7 +18,9 @@ CLOUDS = ("simulated", "aws", "gcp", "azure")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `.inf`, `.nan` and 1e400 (which YAML reads as inf) are refused with their line, rather
+    # than accepted and crashing later (an infinite tick_seconds cannot be scheduled).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 NonNegFloat = Annotated[float, Field(ge=0)]
@@ -50,6 +52,58 @@ class Limits(Strict):
     max_usd_per_hour: PositiveFloat = 1000.0
 
 
+class PoolLimits(Strict):
+    """Hard limits of one pool (none by default), on top of the global ones: instances, GPUs and $/hour, counted
+    with booting capacity and at the worst price an offering can reach (spot: its max price, else on-demand)."""
+
+    max_instances: PositiveInt | None = None
+    max_gpus: PositiveInt | None = None
+    max_usd_per_hour: PositiveFloat | None = None
+
+
+# ---- high availability (see autoscaler.leader): a leader lease in PostgreSQL with a fencing token
+
+
+class HaSettings(Strict):
+    """Several daemons on one PostgreSQL database: the lease holder leads, the others follow (read-only API) and
+    take over when its lease expires. Takeover comes within lease_seconds + renew_seconds of the leader's death.
+    Ignored on SQLite, which is single-node."""
+
+    lease_seconds: PositiveFloat = Field(
+        15.0, description="how long a leader's lease lasts without renewal (the database's clock)"
+    )
+    renew_seconds: PositiveFloat = Field(
+        5.0, description="how often the leader renews its lease and a follower tries to take it"
+    )
+
+    @model_validator(mode="after")
+    def _renews_in_time(self) -> HaSettings:
+        if self.renew_seconds * 2 > self.lease_seconds:
+            raise ValueError(
+                f"renew_seconds ({self.renew_seconds:g}) must be at most half of lease_seconds "
+                f"({self.lease_seconds:g}), or one slow renewal loses the lease"
+            )
+        return self
+
+
+# ---- circuit breaker per provider (see autoscaler.breaker) ----
+class CircuitBreakerSettings(Strict):
+    """When a cloud that keeps failing (throttling, 5xx, timeouts, garbage) is left alone: its offerings count as
+    unavailable, so pools fail over to the other clouds, and one probe call is let through after the cool-down."""
+
+    enabled: bool = True
+    failures_to_open: PositiveInt = Field(5, description="consecutive failed calls that open the breaker")
+    failure_ratio: float = Field(
+        0.7, gt=0.0, le=1.0, description="or this share of failed calls among the last window_calls calls"
+    )
+    window_calls: PositiveInt = Field(20, description="how many recent calls the failure ratio looks at")
+    min_calls: PositiveInt = Field(20, description="the ratio counts once the window holds this many calls")
+    cooldown_seconds: PositiveFloat = Field(60.0, description="open this long, then one probe call (half-open)")
+
+
+# ---- end of the circuit breaker block ----
+
+
 class DaemonSettings(Strict):
     id: str = Field(
         "default",
@@ -65,11 +119,17 @@ class DaemonSettings(Strict):
     launch_retry_seconds: PositiveFloat = Field(
         60.0, description="how long a requested launch may stay unseen before it is retried with its token"
     )
+    untracked_grace_seconds: NonNegFloat = Field(
+        300.0,
+        description="a tagged instance with no record that its pool does not need is terminated after this long",
+    )
     history_retention_days: PositiveFloat = Field(
         14.0, description="decisions, capacity events and ended instances older than this are pruned hourly"
     )
     admin: AdminSettings = AdminSettings()
     limits: Limits = Limits()
+    circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
+    ha: HaSettings = HaSettings()
 
 
 # ---------------------------------------------------------------- clouds
@@ -181,6 +241,11 @@ class AzureCloud(CloudBase):
         description="azure-core retries of a read (429, 5xx, connection errors); creates and deletes are "
         "sent once: the next tick is their retry",
     )
+    leftover_grace_seconds: PositiveFloat = Field(
+        600.0,
+        description="a NIC of ours with no VM (and its OS disk), left by a failed or interrupted launch, is "
+        "deleted once seen orphaned this long",
+    )
 
 
 class Clouds(Strict):
@@ -203,7 +268,11 @@ class Clouds(Strict):
 
 class SourceBase(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    kind: Literal["queue", "latency"] = "queue"
+    kind: Literal["queue", "latency", "arrivals"] = Field(
+        "queue",
+        description="queue: items waiting; latency: seconds; arrivals: requests per second arriving (needs "
+        "targets.requests_per_unit_per_second; the pool then scales on the arrival rate)",
+    )
     timeout_seconds: PositiveFloat = 5.0
 
 
@@ -305,6 +374,23 @@ class Targets(Strict):
         None, description="queue items one capacity unit should hold at most"
     )
     latency_slo_seconds: PositiveFloat | None = Field(None, description="latency the pool must stay under")
+    requests_per_unit_per_second: PositiveFloat | None = Field(
+        None, description="requests one capacity unit serves per second (for sources of kind arrivals)"
+    )
+    slo_breach_alert_seconds: PositiveFloat = Field(
+        300.0, description="alert (see alerts:) when latency stays above latency_slo_seconds longer than this"
+    )
+
+
+class Forecast(Strict):
+    """Seasonality learned from the pool's own arrival-rate history, used only where it would have paid."""
+
+    enabled: bool = Field(True, description="learn the pool's seasonality (arrivals sources only)")
+    period_seconds: PositiveFloat = Field(86400.0, description="the season: a day (time of day), or e.g. 3600")
+    bucket_seconds: PositiveFloat = Field(300.0, description="resolution of the seasonal profile")
+    periods: Annotated[int, Field(ge=2, le=14)] = Field(
+        3, description="the profile is the mean of the last this many periods; it is used once two are seen"
+    )
 
 
 class Scaling(Strict):
@@ -321,6 +407,46 @@ class Scaling(Strict):
     max_metric_age_seconds: PositiveFloat = Field(
         120.0, description="older samples make the pool hold its capacity"
     )
+    # ---- rate-based scaling (a source of kind arrivals; see policies/scaling.py)
+    rate_window_seconds: PositiveFloat = Field(
+        60.0, description="the arrival rate is averaged over this long (default: at least the latency SLO)"
+    )
+    level_window_seconds: PositiveFloat = Field(
+        120.0, description="the rate's level (what the headroom is added to) is averaged over this long"
+    )
+    headroom_quantile: float = Field(
+        0.8, ge=0.5, le=1.0, description="headroom = this quantile of how much demand grew within a boot time"
+    )
+    max_headroom: float = Field(3.0, ge=1.0, description="the headroom factor never exceeds this")
+    history_seconds: PositiveFloat = Field(
+        3600.0, description="how much of the pool's own demand history the headroom is learned from"
+    )
+    boot_seconds: PositiveFloat = Field(
+        120.0, description="boot-to-ready time assumed until the pool's offerings have shown their own"
+    )
+    scale_up_tolerance: float = Field(
+        0.05, ge=0.0, lt=1.0, description="no scale-up while the need is within this fraction above live capacity"
+    )
+    scale_down_tolerance: float = Field(
+        0.1, ge=0.0, lt=1.0, description="no scale-down while the need is within this fraction of live capacity"
+    )
+    spot_spare: bool = Field(
+        True, description="keep one spare spot instance while the pool's spot offerings are preempted often"
+    )
+    spare_after_preemptions: PositiveInt = Field(
+        2,
+        description="the spare is kept while preemptions happened at this many moments within spare_memory_seconds "
+        "(instances taken back together count once)",
+    )
+    rebalance: bool = Field(
+        True,
+        description="with capacity enough, replace a ready worse-ranked instance (an on-demand fallback) with a "
+        "better-ranked, cheaper one, one at a time; the old one is removed once the new one is ready",
+    )
+    spare_memory_seconds: PositiveFloat = Field(
+        3600.0, description="how long a preemption keeps the spare (and counts toward the preemption rate)"
+    )
+    forecast: Forecast = Forecast()
 
 
 class HealthCheck(Strict):
@@ -353,6 +479,37 @@ class Candidate(Strict):
     zones: list[str] | None = None
 
 
+# ---------------------------------------------------------------- service discovery (see autoscaler.discovery)
+
+
+class Discovery(Strict):
+    """Where a pool's ready instances are published for load balancers and Prometheus (besides the admin API's
+    /v1/endpoints, which always lists them). Files are written atomically after a tick that changed them."""
+
+    port: Annotated[int, Field(gt=0, lt=65536)] = Field(8000, description="the port the pool's servers listen on")
+    metrics_port: Annotated[int, Field(gt=0, lt=65536)] = Field(
+        9400, description="the port of the instances' GPU exporter, scraped via file_sd (dcgm-exporter: 9400)"
+    )
+    file_sd_path: Path | None = Field(None, description="write a Prometheus file_sd JSON here; null: do not")
+    file_sd_labels: dict[Annotated[str, Field(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")], str] = Field(
+        default_factory=dict, description="extra labels on every file_sd target"
+    )
+    nginx_upstream_path: Path | None = Field(
+        None, description="write an nginx `upstream` block here (include it in the http block); null: do not"
+    )
+    nginx_upstream_name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_]+$", description="the upstream's name; default gpu_autoscaler_<pool>"
+    )
+    nginx_server_options: str = Field(
+        "", pattern=r"^[A-Za-z0-9_=. ]*$", description="appended to each server line, e.g. max_fails=3"
+    )
+    reload_command: list[str] = Field(
+        default_factory=list,
+        description="run (no shell) after a file changed, e.g. [nginx, -s, reload]; failure is logged, not fatal",
+    )
+    reload_timeout_seconds: PositiveFloat = Field(10.0, description="the reload command is killed after this")
+
+
 class Pool(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,40}$")
     min_capacity: NonNegFloat = 0.0
@@ -367,12 +524,45 @@ class Pool(Strict):
         default_factory=dict
     )
     candidates: list[Candidate] = Field(min_length=1, description="ranked: the first is preferred")
+    limits: PoolLimits = PoolLimits()
+    discovery: Discovery = Discovery()
+
+
+# ---------------------------------------------------------------- alerts (webhooks; see autoscaler.alerts)
+
+
+class Webhook(Strict):
+    name: str = Field("webhook", pattern=r"^[A-Za-z0-9_.-]+$", description="names the receiver in the log")
+    url: Secret = Field(description="where the URL comes from (env or file): a Slack webhook URL is a secret")
+
+
+class PreemptionStorm(Strict):
+    count: PositiveInt = Field(5, description="this many spot preemptions ...")
+    window_seconds: PositiveFloat = Field(600.0, description="... within this long is a storm")
+
+
+class AlertSettings(Strict):
+    webhooks: list[Webhook] = Field(default_factory=list, description="every alert goes to each of them")
+    repeat_seconds: PositiveFloat = Field(
+        14400.0, description="an alert still active is sent again after this long (never more often)"
+    )
+    send_resolved: bool = Field(True, description="send a 'resolved' notice when an alert clears")
+    timeout_seconds: PositiveFloat = Field(5.0, description="each POST's timeout")
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = Field(
+        5, description="tries per notice (connection errors, 429 and 5xx are retried)"
+    )
+    backoff_seconds: PositiveFloat = Field(1.0, description="first retry delay; doubled each retry, max 60 s")
+    queue_size: PositiveInt = Field(
+        100, description="notices waiting to be sent; when full, new ones are dropped (and logged)"
+    )
+    preemption_storm: PreemptionStorm = PreemptionStorm()
 
 
 class Policy(Strict):
     daemon: DaemonSettings = DaemonSettings()
     clouds: Clouds = Clouds(simulated=SimulatedCloud())
     pools: list[Pool] = Field(default_factory=list)
+    alerts: AlertSettings = AlertSettings()
 
     def pool(self, name: str) -> Pool | None:
         return self._pools_by_name.get(name)
@@ -401,7 +591,9 @@ def semantic_errors(policy: Policy) -> list[tuple[tuple[str | int, ...], str]]:
                     f"min_capacity {pool.min_capacity} > max_capacity {pool.max_capacity}",
                 )
             )
-        if pool.metrics and pool.targets.queue_per_unit is None and pool.targets.latency_slo_seconds is None:
+        t = pool.targets
+        untargeted = t.queue_per_unit is None and t.latency_slo_seconds is None
+        if pool.metrics and untargeted and t.requests_per_unit_per_second is None:
             errors.append(
                 (("pools", i, "targets"), "metrics are set but no target (queue_per_unit or latency_slo)")
             )
@@ -411,6 +603,13 @@ def semantic_errors(policy: Policy) -> list[tuple[tuple[str | int, ...], str]]:
                 errors.append((("pools", i, "metrics", j, "name"), f"duplicate metric source name {m.name!r}"))
             if m.kind == "queue" and pool.targets.queue_per_unit is None:
                 errors.append((("pools", i, "metrics", j, "kind"), "a queue source needs targets.queue_per_unit"))
+            if m.kind == "arrivals" and pool.targets.requests_per_unit_per_second is None:
+                errors.append(
+                    (
+                        ("pools", i, "metrics", j, "kind"),
+                        "an arrivals source needs targets.requests_per_unit_per_second",
+                    )
+                )
             if m.kind == "latency" and pool.targets.latency_slo_seconds is None:
                 errors.append(
                     (("pools", i, "metrics", j, "kind"), "a latency source needs targets.latency_slo_seconds")
@@ -433,4 +632,22 @@ def semantic_errors(policy: Policy) -> list[tuple[tuple[str | int, ...], str]]:
                 errors.append(
                     ((*where, "instance_type"), f"{cand.instance_type!r} is not a simulated instance type")
                 )
+    errors.extend(_discovery_errors(policy))
+    return errors
+
+
+def _discovery_errors(policy: Policy) -> list[tuple[tuple[str | int, ...], str]]:
+    """Two pools must not write the same discovery file (each would overwrite the other's every tick)."""
+    errors: list[tuple[tuple[str | int, ...], str]] = []
+    written: dict[Path, str] = {}
+    for i, pool in enumerate(policy.pools):
+        for field_name in ("file_sd_path", "nginx_upstream_path"):
+            path = getattr(pool.discovery, field_name)
+            if path is None:
+                continue
+            if path in written:
+                errors.append(
+                    (("pools", i, "discovery", field_name), f"{path} is already written by {written[path]}")
+                )
+            written[path] = f"pool {pool.name!r}"
     return errors

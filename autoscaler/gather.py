@@ -18,11 +18,25 @@ from datetime import datetime, timedelta
 from autoscaler.config import Policy
 from autoscaler.health import HealthChecker
 from autoscaler.interfaces import Clock, MetricSource, Provider
-from autoscaler.model import CloudInstance, Demand, Offering, Sample, ScalingState, Snapshot
+from autoscaler.model import (
+    BootStats,
+    CloudInstance,
+    Demand,
+    FailureKind,
+    InstanceRecord,
+    Offering,
+    OfferingKey,
+    Preemption,
+    Sample,
+    ScalingState,
+    Snapshot,
+)
 from autoscaler.sources import combine, read_samples
 from autoscaler.store import Store
+from policies.boot import BootHistory
 
 log = logging.getLogger(__name__)
+PREEMPTIONS_READ = 500  # the newest capacity events read per tick for the preemption history
 
 
 @dataclass
@@ -58,6 +72,7 @@ class Gatherer:
         self._source_errors: dict[tuple[str, str], str] = {}
         self._holding: dict[str, str] = {}
         self.report = GatherReport()
+        self.boots = BootHistory()  # boot-to-ready per offering, from the records seen READY (policies.boot)
 
     def gather(
         self,
@@ -98,6 +113,24 @@ class Gatherer:
             health=health,
             missing_since=dict(missing_since),
             tick=tick,
+            boot_times=self._boot_times(records),
+            preemptions=self._preemptions(policy, now),
+        )
+
+    def _boot_times(self, records: Sequence[InstanceRecord]) -> dict[OfferingKey, BootStats]:
+        self.boots.observe(records)
+        self.boots.forget_except(r.token for r in records)
+        return self.boots.stats()
+
+    def _preemptions(self, policy: Policy, now: datetime) -> tuple[Preemption, ...]:
+        """Spot preemptions capacity memory recorded within the longest `spare_memory_seconds`, oldest first."""
+        memory = max((p.scaling.spare_memory_seconds for p in policy.pools), default=0.0)
+        since = now - timedelta(seconds=memory)
+        events = self.store.capacity_events(limit=PREEMPTIONS_READ)
+        return tuple(
+            Preemption(e.offering, e.at)
+            for e in reversed(events)
+            if e.kind == FailureKind.PREEMPTION and e.at >= since
         )
 
     def _stale(self, name: str, now: datetime) -> bool:

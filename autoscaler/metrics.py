@@ -24,6 +24,8 @@ from datetime import datetime
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from autoscaler.breaker import STATE_VALUE, BreakerStatus
+from autoscaler.config import Policy
 from autoscaler.model import Block, FailureKind, OfferingKey, Plan, Sample, Snapshot
 from autoscaler.sources.combine import problem
 
@@ -124,6 +126,53 @@ class Metrics:
             ["pool"],
             registry=r,
         )
+        # ---- circuit breakers per provider (autoscaler.breaker)
+        self.breaker_state = Gauge(
+            "gpu_autoscaler_provider_breaker_state",
+            "Circuit breaker of each cloud's provider: 0 closed, 1 half-open (probing), 2 open (its offerings "
+            "count as unavailable, no calls are made)",
+            ["cloud"],
+            registry=r,
+        )
+        self.breaker_opened = Counter(
+            "gpu_autoscaler_provider_breaker_opened",
+            "Times a cloud's circuit breaker opened",
+            ["cloud"],
+            registry=r,
+        )
+        self._breaker_opened_seen: dict[str, int] = {}
+        # ---- end of the circuit breaker block
+        # ---- spend limits from the policy (dashboards draw spend against them; set by set_budgets each tick)
+        self.budget = Gauge(
+            "gpu_autoscaler_budget_usd_per_hour",
+            "Hard spend limits of the policy in force: daemon.limits.max_usd_per_hour (with an empty pool label) "
+            "and each pool's limits.max_usd_per_hour (only pools that set one)",
+            ["pool"],
+            registry=r,
+        )
+        # ---- end of the spend limits block
+        # ---- high availability (autoscaler.leader)
+        self.leader = Gauge(
+            "gpu_autoscaler_leader",
+            "1 while this daemon acts (the lease holder on PostgreSQL, or single-node on SQLite), 0 as a follower",
+            registry=r,
+        )
+        self.leader.set(1)  # single node until an elector says otherwise
+        self._is_leader: bool | None = None  # as set_leadership last heard
+        self.leader_token = Gauge(
+            "gpu_autoscaler_leader_fencing_token",
+            "The fencing token of the leader's lease as this daemon last saw it (absent before it saw one)",
+            registry=r,
+        )
+        self.leadership_changes = Counter(
+            "gpu_autoscaler_leadership_changes", "Times this daemon became or stopped being the leader", registry=r
+        )
+        self.stale_leader = Counter(
+            "gpu_autoscaler_stale_leader_rejections",
+            "Ticks cut short because the store refused this daemon's fenced write: another daemon leads",
+            registry=r,
+        )
+        # ---- end of the high availability block
         # (pool, source) -> its newest usable reading, so that the age of a source that went down keeps growing.
         self._last_good: dict[tuple[str, str], SourceReading] = {}
 
@@ -176,6 +225,17 @@ class Metrics:
         with self._lock:
             return self._last_good.get((pool, source))
 
+    def set_leadership(self, is_leader: bool, token: int | None) -> None:
+        if self._is_leader is not None and self._is_leader != is_leader:
+            self.leadership_changes.inc()
+        self._is_leader = is_leader
+        self.leader.set(1 if is_leader else 0)
+        if token is not None:
+            self.leader_token.set(token)
+
+    def count_stale_leader(self) -> None:
+        self.stale_leader.inc()
+
     def count_tick_failure(self) -> None:
         self.tick_failures.inc()
 
@@ -195,6 +255,25 @@ class Metrics:
             self.blocked.clear()
             for labels, n in counts.items():
                 self.blocked.labels(*labels).set(n)
+
+    def set_breakers(self, statuses: Sequence[BreakerStatus]) -> None:
+        with self._lock:
+            self.breaker_state.clear()
+            for st in statuses:
+                self.breaker_state.labels(cloud=st.cloud).set(STATE_VALUE[st.state])
+                seen = self._breaker_opened_seen.get(st.cloud, 0)
+                if st.times_opened > seen:
+                    self.breaker_opened.labels(cloud=st.cloud).inc(st.times_opened - seen)
+                self._breaker_opened_seen[st.cloud] = st.times_opened  # a rebuilt provider starts again at 0
+
+    def set_budgets(self, policy: Policy) -> None:
+        """The policy's $/hour limits: the whole daemon's as pool="", and each pool's that has one."""
+        with self._lock:
+            self.budget.clear()
+            self.budget.labels(pool="").set(policy.daemon.limits.max_usd_per_hour)
+            for pool in policy.pools:
+                if pool.limits.max_usd_per_hour is not None:
+                    self.budget.labels(pool=pool.name).set(pool.limits.max_usd_per_hour)
 
     def render(self) -> tuple[bytes, str]:
         with self._lock:

@@ -150,6 +150,7 @@ class InstanceRecord:
     state_since: datetime
     cloud_id: str | None = None
     reason: str = ""
+    address: str | None = None  # the instance's IP as its provider lists it (service discovery); None: unknown
 
     @property
     def live(self) -> bool:
@@ -175,6 +176,7 @@ class Demand:
     latency_seconds: float | None
     samples: tuple[Sample, ...] = ()
     hold_reason: str = ""
+    arrival_rate: float | None = None  # requests per second arriving (sources of kind "arrivals", summed)
 
     @property
     def hold(self) -> bool:
@@ -233,6 +235,38 @@ class ScalingState:
     recommendations: tuple[Recommendation, ...] = ()
     panic_until: datetime | None = None
     last_desired: float | None = None
+    # ---- rate-based scaling (policies.scaling): the pool's own demand history
+    # (at, arrival rate smoothed over the rate window, req/s), the last `scaling.history_seconds`
+    rates: tuple[Recommendation, ...] = ()
+    headroom: float | None = None  # the burstiness factor last computed, and when (recomputed now and then)
+    headroom_at: datetime | None = None
+    # time-of-day seasonality: per phase bucket of `forecast.period_seconds`, the mean rate seen in each of the
+    # last periods, as (period index, bucket index, rate sum, samples); the bucket being filled is kept apart in
+    # `season_open` (its entry comes after these), so a tick updates one small tuple instead of copying ~1,000
+    seasonal: tuple[tuple[int, int, float, int], ...] = ()
+    # derived from `seasonal` once per period: per bucket, the lowest mean rate over the completed periods
+    # (-1: seen in fewer than two)
+    season_profile: tuple[float, ...] = ()
+    season_profile_period: int | None = None
+    # the current bucket's accumulator (period, bucket, rate sum, samples): the season's newest entry, or None
+    season_open: tuple[int, int, float, int] | None = None
+
+
+@dataclass(frozen=True)
+class BootStats:
+    """Boot-to-ready times an offering has shown (launch to READY), learned from the instance history."""
+
+    samples: int
+    median_seconds: float
+    p90_seconds: float
+
+
+@dataclass(frozen=True)
+class Preemption:
+    """A spot instance taken back, as capacity memory recorded it."""
+
+    offering: OfferingKey
+    at: datetime
 
 
 @dataclass(frozen=True)
@@ -252,6 +286,9 @@ class Snapshot:
     # instance once: a record is taken for lost only after it has been missing for a while)
     missing_since: Mapping[str, datetime] = field(default_factory=dict)
     tick: str = ""  # names this tick (and fallback round): launch tokens are derived from it
+    # ---- learned from the pool's own history (policies.boot; gather and the simulator fill them)
+    boot_times: Mapping[OfferingKey, BootStats] = field(default_factory=dict)  # boot-to-ready per offering
+    preemptions: tuple[Preemption, ...] = ()  # recent spot preemptions (capacity memory's events), oldest first
 
 
 # ---- the Plan: decisions as data ----
@@ -316,6 +353,7 @@ class Adopt:
             state_since=now,
             cloud_id=self.instance.cloud_id,
             reason=self.reason,
+            address=self.instance.address,
         )
 
 

@@ -1,9 +1,15 @@
 """The passive half of reconcile: compare our records with what the clouds list, and say what that means.
 
-Pure. Reads a Snapshot, returns the observed transitions, adoptions of tagged instances we have no record of,
-terminations of leaks we cannot adopt, retries of launches whose answer was lost, and preemption events.
+Pure. Reads a Snapshot, returns the observed transitions, the tagged instances we have no record of (each pool's
+active half adopts them when it needs capacity, or terminates them after `untracked_grace_seconds`), terminations
+of leaks no pool can adopt, retries of launches whose answer was lost, and preemption events.
 The cloud listing is the truth of existence; a cloud whose listing failed this tick is left alone entirely
 (absence from a failed listing proves nothing).
+
+When an untracked instance was first seen is carried from tick to tick in `Snapshot.missing_since` under the key
+`untracked_key(cloud, cloud_id)` (the record tokens' map: one in-memory map of "first seen" marks, so the daemon
+and the simulator carry both without knowing either). A restart starts the grace period afresh: it can only
+delay a termination, never hasten one.
 """
 
 from __future__ import annotations
@@ -39,6 +45,16 @@ TERMINATE_RETRY = timedelta(seconds=30)
 _ADOPT_NAMESPACE = uuid.UUID("0d3c6f1e-54a6-4f7e-9a55-7f4f0f6b1c2d")
 
 
+@dataclass(frozen=True)
+class Untracked:
+    """A tagged instance with no record that its pool could adopt: the pool decides (adopt if it needs the
+    capacity, terminate once `since` is older than the grace period, hold until then)."""
+
+    key: str  # its mark in missing_since
+    adopt: Adopt  # how it would be taken into the books
+    since: datetime  # first seen untracked (by this process)
+
+
 @dataclass
 class Observation:
     intents: list[Launch | Terminate | Transition | Adopt] = field(default_factory=list)
@@ -46,6 +62,8 @@ class Observation:
     # every live record as it stands after the observed transitions (records that ended are dropped)
     fleet: dict[str, InstanceRecord] = field(default_factory=dict)
     missing_since: dict[str, datetime] = field(default_factory=dict)
+    # adoptable instances with no record, by pool, best first (running before booting, older before newer)
+    untracked: dict[str, list[Untracked]] = field(default_factory=dict)
 
     def move(
         self,
@@ -100,12 +118,29 @@ def observe(snapshot: Snapshot, policy: Policy, retry_after: timedelta) -> Obser
         for inst in listed:
             if inst.cloud_id not in matched:
                 _untracked(obs, inst, policy, offerings, snapshot)
-    # A cloud that could not be listed this tick proves nothing either way: its records keep their marks.
+    # A cloud that could not be listed this tick proves nothing either way: its records (and the untracked
+    # instances seen on it) keep their marks.
     for token, since in snapshot.missing_since.items():
         kept = obs.fleet.get(token)
-        if kept is not None and kept.offering.cloud not in snapshot.cloud_instances:
+        if kept is not None:
+            cloud = kept.offering.cloud
+        elif token.startswith(_UNTRACKED):
+            cloud = token[len(_UNTRACKED) :].split("/", 1)[0]
+        else:
+            continue
+        if cloud not in snapshot.cloud_instances:
             obs.missing_since[token] = since
+    for waiting in obs.untracked.values():
+        waiting.sort(key=lambda u: (u.adopt.state != S.RUNNING, u.adopt.instance.launched_at, u.key))
     return obs
+
+
+_UNTRACKED = "untracked:"
+
+
+def untracked_key(cloud: str, cloud_id: str) -> str:
+    """The missing_since key under which an untracked instance's first sighting is carried between ticks."""
+    return f"{_UNTRACKED}{cloud}/{cloud_id}"
 
 
 def _follow(obs: Observation, rec: InstanceRecord, inst: CloudInstance, snap: Snapshot, policy: Policy) -> None:
@@ -216,7 +251,7 @@ def _untracked(
     offerings: Mapping[OfferingKey, Offering],
     snap: Snapshot,
 ) -> None:
-    """A tagged instance with no record is a leak: adopt it into its pool, or terminate it. Never ignore it."""
+    """A tagged instance with no record is a leak: its pool adopts it or it is terminated. Never ignored."""
     if inst.state == CloudState.TERMINATED:
         return  # gone: the cloud merely still lists it
     if inst.state == CloudState.STOPPING:
@@ -250,8 +285,10 @@ def _untracked(
         state,
         "adopted: tagged instance with no record (lost intent or lost database)",
     )
-    obs.intents.append(adopt)
-    obs.fleet[adopt.token] = adopt.record(snap.now)
+    key = untracked_key(inst.offering.cloud, inst.cloud_id)
+    since = snap.missing_since.get(key, snap.now)
+    obs.missing_since[key] = since
+    obs.untracked.setdefault(pool.name, []).append(Untracked(key, adopt, since))
 
 
 def _price_of(key: OfferingKey, offerings: Mapping[OfferingKey, Offering]) -> Offering | None:

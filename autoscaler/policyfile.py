@@ -57,6 +57,9 @@ def format_loc(loc: Loc) -> str:
     return out
 
 
+_UNREADABLE = object()
+
+
 class _Builder:
     def __init__(self, name: str) -> None:
         self.name = name
@@ -68,7 +71,9 @@ class _Builder:
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
-                key = _scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else None
+                key = self._scalar(key_node, loc) if isinstance(key_node, yaml.ScalarNode) else None
+                if key is _UNREADABLE:
+                    continue
                 if not isinstance(key, str | int | float | bool):
                     self._issue(key_node, loc, "mapping keys must be plain scalars")
                     continue
@@ -84,7 +89,18 @@ class _Builder:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*loc, i)) for i, item in enumerate(node.value)]
-        return _scalar(node)
+        value = self._scalar(node, loc)
+        return None if value is _UNREADABLE else value
+
+    def _scalar(self, node: yaml.Node, loc: Loc) -> Any:
+        try:
+            return _scalar(node)
+        except yaml.YAMLError as exc:  # e.g. a merge key (<<), or a tag SafeLoader cannot construct
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            if node.tag == "tag:yaml.org,2002:merge":
+                problem = "merge keys (<<) are not supported: write the keys out"
+            self._issue(node, loc, f"cannot read this value: {problem}")
+            return _UNREADABLE
 
     def _issue(self, node: yaml.Node, loc: Loc, message: str) -> None:
         self.issues.append(
@@ -114,18 +130,50 @@ def _scalar(node: yaml.Node) -> Any:
         loader.dispose()
 
 
+# Policy files nest a handful of levels; PyYAML's composer (and _Builder) recurse once per level, so a hostile
+# or broken file nested thousands deep would end in RecursionError. Checked first, on the flat event stream.
+MAX_NESTING = 64
+
+
+def _check_nesting(text: str, name: str) -> None:
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_NESTING:
+                mark = event.start_mark
+                line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+                message = f"nested more than {MAX_NESTING} levels deep: a policy file needs far fewer"
+                raise PolicyError([PolicyIssue(name, line, col, "", message)])
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _yaml_issue(exc: yaml.YAMLError, text: str, name: str) -> PolicyIssue:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = exc.problem or exc.context or "invalid YAML"
+        return PolicyIssue(name, line, col, "", f"invalid YAML: {problem}")
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow (NUL, most controls)
+        pos = min(max(exc.position, 0), len(text))
+        line = text.count("\n", 0, pos) + 1
+        col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+        char = exc.character if isinstance(exc.character, str) else chr(exc.character)
+        return PolicyIssue(name, line, col, "", f"invalid YAML: character U+{ord(char):04X} is not allowed")
+    return PolicyIssue(name, 1, 1, "", f"invalid YAML: {exc}")
+
+
 def parse_policy(text: str, name: str) -> LoadedPolicy:
     """Parse and validate policy text; raise PolicyError with every problem found."""
     builder = _Builder(name)
     try:
+        _check_nesting(text, name)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise PolicyError([PolicyIssue(name, line, col, "", f"invalid YAML: {problem}")]) from None
     except yaml.YAMLError as exc:
-        raise PolicyError([PolicyIssue(name, 1, 1, "", f"invalid YAML: {exc}")]) from None
+        raise PolicyError([_yaml_issue(exc, text, name)]) from None
+    except RecursionError:  # a safety net: _check_nesting should have refused the file already
+        raise PolicyError([PolicyIssue(name, 1, 1, "", "invalid YAML: nested too deeply")]) from None
     data = {} if node is None else builder.build(node, ())
     if builder.issues:
         raise PolicyError(builder.issues)

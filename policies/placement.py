@@ -14,7 +14,7 @@ the blocked offering then drops out and the next one is chosen.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from itertools import takewhile
@@ -87,7 +87,15 @@ def place(
     fleet: Sequence[InstanceRecord],
     budget: Budget,
     now: datetime,
+    worst_price: Mapping[OfferingKey, float] | None = None,
+    zone_preemptions: Mapping[tuple[str, str], int] | None = None,
 ) -> Placement:
+    """`worst_price`: the price each offering is counted at against the $/hour budget (the worst it can reach:
+    a spot offering's max price, else its on-demand price); default its current price. `zone_preemptions`:
+    recent spot preemptions per (region, zone) of this pool's offerings: each counts like one of the pool's
+    instances already in the zone, so spot spreads away from the zones that have been taking instances back."""
+    risk = zone_preemptions or {}
+    worst = worst_price or {}
     if need_units <= 0:
         return Placement((), (), budget, 0.0)
     found = _matched(pool, offerings)
@@ -118,19 +126,16 @@ def place(
         fitting = []
         for m in usable:
             o = m.offering
-            if (
-                o.price_usd_per_hour > budget.usd_per_hour + _EPSILON
-                or o.gpus > budget.gpus
-                or budget.instances < 1
-            ):
-                skipped.setdefault(o.key, _over_budget(o, budget))
+            counted = worst.get(o.key, o.price_usd_per_hour)
+            if counted > budget.usd_per_hour + _EPSILON or o.gpus > budget.gpus or budget.instances < 1:
+                skipped.setdefault(o.key, _over_budget(o, budget, counted))
             else:
                 fitting.append(m)
         usable = fitting
         if not usable:
             break
         # `usable` is sorted by rank: only the best rank's offerings compete (spread and price within it).
-        best = min(_best_rank(usable), key=lambda m: _order(m, spread))
+        best = min(_best_rank(usable), key=lambda m: _order(m, spread, risk))
         count = spread[(best.rank, best.zone)]
         choices.append(Choice(best.offering, best.candidate.throughput, best.rank, _reason(best, count)))
         covered += best.candidate.throughput
@@ -139,7 +144,7 @@ def place(
             budget,
             instances=budget.instances - 1,
             gpus=budget.gpus - best.offering.gpus,
-            usd_per_hour=budget.usd_per_hour - best.offering.price_usd_per_hour,
+            usd_per_hour=budget.usd_per_hour - worst.get(best.offering.key, best.offering.price_usd_per_hour),
         )
     shortfall = max(need_units - covered, 0.0)
     return Placement(tuple(choices), tuple(Skipped(str(k), why) for k, why in skipped.items()), budget, shortfall)
@@ -167,10 +172,13 @@ def _best_rank(usable: list[_Match]) -> list[_Match]:
     return list(takewhile(lambda m: m.rank == top, usable))
 
 
-def _over_budget(offering: Offering, budget: Budget) -> str:
-    price = offering.price_usd_per_hour
-    if price > budget.usd_per_hour + _EPSILON:
-        return f"over the $/hour budget: ${num(price)}/h needed, ${num(max(budget.usd_per_hour, 0.0))}/h left"
+def _over_budget(offering: Offering, budget: Budget, counted: float) -> str:
+    if counted > budget.usd_per_hour + _EPSILON:
+        worst = "" if counted == offering.price_usd_per_hour else " (its worst price)"
+        return (
+            f"over the $/hour budget: ${num(counted)}/h needed{worst}, "
+            f"${num(max(budget.usd_per_hour, 0.0))}/h left"
+        )
     if offering.gpus > budget.gpus:
         return f"over the GPU budget: {offering.gpus} GPUs needed, {max(budget.gpus, 0)} left"
     if budget.instances < 1:
@@ -178,9 +186,11 @@ def _over_budget(offering: Offering, budget: Budget) -> str:
     return ""
 
 
-def _order(m: _Match, spread: Counter[tuple[int, tuple[str, str]]]) -> tuple[int, int, float, OfferingKey]:
+def _order(
+    m: _Match, spread: Counter[tuple[int, tuple[str, str]]], risk: Mapping[tuple[str, str], int]
+) -> tuple[int, int, float, OfferingKey]:
     # Spot spread only for spot: an on-demand instance is not taken back, so the cheapest zone is simply best.
-    in_zone = spread[(m.rank, m.zone)] if m.candidate.market == Market.SPOT else 0
+    in_zone = spread[(m.rank, m.zone)] + risk.get(m.zone, 0) if m.candidate.market == Market.SPOT else 0
     return (m.rank, in_zone, m.per_unit, m.offering.key)
 
 

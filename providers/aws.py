@@ -25,6 +25,7 @@ from typing import Any
 import boto3
 import botocore.credentials
 import botocore.exceptions
+import botocore.parsers
 import botocore.session
 from botocore.config import Config
 
@@ -45,6 +46,13 @@ from providers._aws_errors import from_exception
 from providers.aws_catalog import AwsCatalog
 
 CLOUD = "aws"
+# What a botocore call may raise. ResponseParserError is no BotoCoreError: a garbled or cut-off answer (a proxy,
+# a dropped connection) raises it, and it must be translated too (TransientError), not escape the provider.
+_SDK_ERRORS = (
+    botocore.exceptions.BotoCoreError,
+    botocore.exceptions.ClientError,
+    botocore.parsers.ResponseParserError,
+)
 PLACEMENT_TTL = timedelta(hours=1)
 TERMINATE_BATCH = 500  # EC2 accepts up to 1,000 ids per call; stay well inside
 _STATES = {
@@ -269,7 +277,7 @@ class AwsProvider:
         try:
             for page in client.get_paginator(operation).paginate(**params):
                 yield from page.get(result_key, [])
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        except _SDK_ERRORS as exc:
             raise from_exception(exc) from None
 
     def _call(self, region: str, operation: str, *, launch: bool = False, **params: Any) -> dict[str, Any]:
@@ -277,7 +285,7 @@ class AwsProvider:
         try:
             result: dict[str, Any] = getattr(client, operation)(**params)
             return result
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        except _SDK_ERRORS as exc:
             raise from_exception(exc) from None
 
     def _client(self, region: str, *, launch: bool) -> Any:

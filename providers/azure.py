@@ -16,7 +16,16 @@
   private addresses the provider has not seen (after a restart).
 - terminate: `virtual_machines.begin_delete`, not polled (the NIC and OS disk carry deleteOption Delete, so Azure
   removes them with the VM); already gone is success. A Failed VM or an evicted (deallocated) spot VM seen in a
-  listing is deleted the same way: the daemon never restarts a VM, and nothing of ours may keep billing.
+  listing is deleted the same way, from the second listing that shows it on (the first one's tick records the
+  end before the VM vanishes): the daemon never restarts a VM, and nothing of ours may keep billing.
+- leftovers: what a failed or interrupted launch can leave behind (the NIC made before a VM PUT that never came or
+  was refused, the NIC and OS disk of a failed VM that its deletion did not take along) is found from the NICs:
+  every `clouds.azure.leftover_grace_seconds / 2` a listing also lists the resource group's NICs, and a NIC
+  carrying our daemon tag whose VM does not exist (and that no VM holds) is an orphan (the first look comes
+  that long after the provider's first listing, so a start costs no extra call); one still orphaned
+  `leftover_grace_seconds` after it was first seen (a launch in flight re-creates its NIC within a tick) is
+  deleted after its OS disk `<vm>-osdisk`. Deletions go disk first, NIC last, because the NIC's tag is what tells
+  a leftover is ours (an OS disk carries no tags): a crash in between leaves the NIC to find again.
 
 Every azure-core error is translated by `_azure_errors` at this boundary. Reads use azure-core's retry policy
 with `retry_total` retries; creates and deletes are sent once (the next tick is the retry). The request bodies
@@ -49,6 +58,7 @@ from typing import Any, TypeVar, cast
 
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError
+from azure.core.pipeline.policies import RetryPolicy
 from azure.core.polling import LROPoller
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.network import NetworkManagementClient
@@ -134,6 +144,9 @@ class AzureProvider:
         self._addresses: dict[str, str] = {}  # VM name -> private IP, learnt from NICs
         self._address_lookup_at: datetime | None = None
         self._reaped: dict[str, datetime] = {}  # VM name -> when its delete was sent by a listing
+        self._ended_seen: set[str] = set()  # VM names a listing showed ended (reaped from the next listing on)
+        self._swept_at: datetime | None = None  # the last look for leftovers
+        self._orphans: dict[str, datetime] = {}  # NIC name -> first seen orphaned
 
     # ------------------------------------------------------------------ Provider
 
@@ -158,11 +171,8 @@ class AzureProvider:
 
     def list_instances(self) -> Sequence[CloudInstance]:
         now = self.clock.now()
-        vms = [
-            vm
-            for vm in self._call(lambda: [as_json(v) for v in self.compute.virtual_machines.list(self.rg)])
-            if (vm.get("tags") or {}).get(TAG_DAEMON) == self.daemon_id
-        ]
+        every = self._call(lambda: [as_json(v) for v in self.compute.virtual_machines.list(self.rg)])
+        vms = [vm for vm in every if (vm.get("tags") or {}).get(TAG_DAEMON) == self.daemon_id]
         power: dict[str, str] = {}
         if any(props_of(vm).get("evictionPolicy") == "Deallocate" for vm in vms):
             power = self._power_states()
@@ -171,6 +181,7 @@ class AzureProvider:
         for inst in out:
             if inst.state == CloudState.TERMINATED and "deleting" not in inst.state_reason:
                 self._reap(inst.cloud_id, now)
+        self._sweep_leftovers({str(vm.get("name", "")) for vm in every}, now)
         return out
 
     def launch(self, req: LaunchRequest) -> CloudInstance:
@@ -254,8 +265,9 @@ class AzureProvider:
         return error
 
     def _clean_up(self, name: str, deadline: float) -> None:
-        """Delete a failed VM, then its NIC and OS disk (already gone is fine), each polled to its end."""
-        for kind, resource in (("vm", name), ("nic", f"{name}-nic"), ("disk", f"{name}-osdisk")):
+        """Delete a failed VM, then its OS disk and NIC (already gone is fine), each polled to its end. The NIC goes
+        last: its tag is how a later sweep knows a leftover disk is ours, should this be interrupted."""
+        for kind, resource in (("vm", name), ("disk", f"{name}-osdisk"), ("nic", f"{name}-nic")):
             self._delete_quietly(kind, resource, deadline)
 
     def _delete_quietly(self, kind: str, resource: str, deadline: float) -> None:
@@ -332,9 +344,51 @@ class AzureProvider:
                 if address := by_nic.get(f"{name}-nic"):
                     self._addresses[name] = address
 
-    def _reap(self, name: str, now: datetime) -> None:
-        """Delete an ended VM (failed, or an evicted spot VM) that is still there: it may keep billing."""
+    def _sweep_leftovers(self, vm_names: set[str], now: datetime) -> None:
+        """Delete our NICs that no VM has (and their OS disks) once seen orphaned for the grace period."""
+        grace = timedelta(seconds=self.cfg.leftover_grace_seconds)
         with self._lock:
+            if self._swept_at is None:  # the first look comes grace / 2 after start: a restart lists no more
+                self._swept_at = now
+            if now - self._swept_at < grace / 2:
+                return
+            self._swept_at = now
+        try:
+            nics = self._call(lambda: [as_json(n) for n in self.network.network_interfaces.list(self.rg)])
+        except ProviderError as exc:  # the sweep must not fail the listing: the next one tries again
+            log.warning("listing network interfaces for leftovers failed (tried again later): %s", exc)
+            return
+        orphans = [
+            str(nic.get("name"))
+            for nic in nics
+            if (nic.get("tags") or {}).get(TAG_DAEMON) == self.daemon_id
+            and str(nic.get("name", "")).endswith("-nic")
+            and str(nic.get("name"))[: -len("-nic")] not in vm_names
+            and not props_of(nic).get("virtualMachine")
+        ]
+        with self._lock:
+            self._orphans = {nic: self._orphans.get(nic, now) for nic in orphans}
+            ripe = [nic for nic, since in self._orphans.items() if now - since >= grace]
+        deadline = time.monotonic() + self.cfg.operation_timeout_seconds
+        for nic in ripe:
+            vm = nic[: -len("-nic")]
+            log.warning(
+                "deleting leftovers of VM %s (no such VM for %.0fs): its OS disk and NIC", vm, grace.seconds
+            )
+            self._delete_quietly("disk", f"{vm}-osdisk", deadline)
+            self._delete_quietly("nic", nic, deadline)
+            with self._lock:
+                self._orphans.pop(nic, None)
+
+    def _reap(self, name: str, now: datetime) -> None:
+        """Delete an ended VM (failed, or an evicted spot VM) that is still there: it may keep billing. Not on its
+        first sighting by this process: the tick that lists it ended first records that (a preemption, a failed
+        launch); deleted at once, a crash before that record would leave the daemon only an instance gone
+        without a trace, which it takes for lost only after `launch_retry_seconds`."""
+        with self._lock:
+            if name not in self._ended_seen:
+                self._ended_seen.add(name)
+                return
             sent = self._reaped.get(name)
             if sent is not None and now - sent < REAP_AGAIN_AFTER:
                 return
@@ -380,11 +434,23 @@ def _launch_error(exc: AzureError) -> ProviderError:
     return ConfigError(str(error), code=error.code) if isinstance(error, NotFound) else error
 
 
+# azure-core sleeps as long as a throttled answer's Retry-After says before it retries (ARM may say minutes): a
+# tick must not. A longer wait is cut to this; a read still throttled then fails, and the next tick retries it.
+RETRY_AFTER_CAP_SECONDS = 5.0
+
+
+class _BoundedRetry(RetryPolicy[Any, Any]):
+    def get_retry_after(self, response: Any) -> float | None:
+        value = super().get_retry_after(response)
+        return None if value is None else min(value, RETRY_AFTER_CAP_SECONDS)
+
+
 def client_options(cfg: config.AzureCloud) -> dict[str, Any]:
     """Keyword arguments of the management clients: endpoint, CA bundle, timeouts, retries, polling."""
     options: dict[str, Any] = {
         "polling_interval": cfg.polling_interval_seconds,
         "retry_total": cfg.retry_total,
+        "retry_policy": _BoundedRetry(retry_total=cfg.retry_total),
         "connection_timeout": cfg.timeout_seconds,
         "read_timeout": cfg.timeout_seconds,
     }

@@ -24,7 +24,9 @@ Test controls: `inject` (a synchronous error with any status and code, or a fail
 that leaves the VM in provisioningState Failed with its NIC and disk, optionally nested in error.details),
 `exhaust`/`restore` (every matching creation fails at its end), `restrict` (a SKU restriction by location or
 zone), `evict` (a spot VM deallocated or deleted), `lose_next_answer` (the request is applied, the client gets a
-503), `calls`/`count` (requests per operation name, e.g. "vm.put", "vm.list", "op.get").
+503), `calls`/`count` (requests per operation name, e.g. "vm.put", "vm.list", "op.get"), `leave_leftovers` (a VM
+that failed leaves its NIC and OS disk behind when deleted, deleteOption or not, as failed creations can),
+`leftovers` (what is left that can bill) and `created` (every VM ever made, with its tags).
 """
 
 from __future__ import annotations
@@ -118,6 +120,9 @@ class FakeARM:
         self.vms: dict[str, dict[str, Any]] = {}
         self.nics: dict[str, dict[str, Any]] = {}
         self.disks: dict[str, dict[str, Any]] = {}
+        # Every VM the fake made, in order: (name, tags, ends Failed?). A retried PUT of an existing name adds
+        # nothing, so two entries with one intent tag are a launch made twice.
+        self.created: list[tuple[str, dict[str, str], bool]] = []
         self.skus: dict[str, dict[str, Any]] = {}
         self._ops: dict[str, _Op] = {}
         self._faults: list[_Fault] = []
@@ -125,6 +130,7 @@ class FakeARM:
         self._ips = 0
         self.page_size = 50
         self.op_steps = 1
+        self.leave_leftovers = False  # deleting a Failed VM leaves its NIC and disk (see _remove_vm)
         self.reset()
 
     # ---- lifecycle ----
@@ -139,12 +145,13 @@ class FakeARM:
         """Forget every resource, fault, restriction and count (the server keeps running)."""
         with self._lock:
             for state in (self.calls, self.log, self.vms, self.nics, self.disks, self._ops, self._faults,
-                          self._lose):  # fmt: skip
+                          self._lose, self.created):  # fmt: skip
                 state.clear()
             self.skus.clear()
             for size, (gpus, vcpus) in SIZES.items():
                 self.skus[size] = {"gpus": gpus, "vcpus": vcpus, "where": dict(LOCATIONS), "restrictions": []}
             self.page_size, self.op_steps, self._ips = 50, 1, 0
+            self.leave_leftovers = False
             self.credential.calls = 0
             self.now = lambda: dt.datetime.now(dt.UTC)
 
@@ -234,6 +241,19 @@ class FakeARM:
         with self._lock:
             return {"vms": sorted(self.vms), "nics": sorted(self.nics), "disks": sorted(self.disks)}
 
+    def orphans(self) -> dict[str, list[str]]:
+        """What bills for nothing: Failed VMs, and NICs and disks no VM holds."""
+        with self._lock:
+            held = {f"{name}-nic" for name in self.vms} | {
+                vm["properties"]["storageProfile"]["osDisk"]["name"] for vm in self.vms.values()
+            }
+            failed = [n for n, vm in self.vms.items() if vm["properties"]["provisioningState"] == "Failed"]
+            return {
+                "failed_vms": sorted(failed),
+                "nics": sorted(set(self.nics) - held),
+                "disks": sorted(set(self.disks) - held),
+            }
+
     # ---- dispatch ----
     def handle(self, method: str, raw_path: str, headers: dict[str, str], body: bytes) -> Reply:
         parts = urlsplit(raw_path)
@@ -312,6 +332,9 @@ class FakeARM:
         if vm is None:
             return
         props = vm["properties"]
+        if self.leave_leftovers and vm.get("_failure"):  # its creation failed: NIC and disk stay, detached
+            self.disks.get(props["storageProfile"]["osDisk"]["name"], {}).pop("managedBy", None)
+            return
         for ref in props["networkProfile"]["networkInterfaces"]:
             if (ref.get("properties") or {}).get("deleteOption") == "Delete":
                 self.nics.pop(ref["id"].rsplit("/", 1)[-1], None)
@@ -402,6 +425,7 @@ class FakeARM:
             "_power": "running",
         }  # fmt: skip
         self.vms[name] = vm
+        self.created.append((name, dict(vm["tags"]), fault is not None))
         self.disks[os_disk["name"]] = {"id": self._id("disks", os_disk["name"]), "name": os_disk["name"],
                                        "location": location, "managedBy": vm_id}  # fmt: skip
         headers = self._start_op(location, "vm.create", name, self.op_steps, fault.error if fault else None)

@@ -183,6 +183,8 @@ def test_failed_and_evicted_vms_are_reported_ended_and_deleted(fake_arm: FakeARM
     failed = listed[vm_name(DAEMON, "tok-x")]
     assert failed.state == CloudState.TERMINATED and not failed.preempted
     assert fake_arm.count("vms_all.list") == 1, "the instance view is read only because a Deallocate VM is listed"
+    assert fake_arm.count("vm.delete") == 0, "not on the first sighting: the daemon records the end first"
+    p.list_instances()
     assert fake_arm.count("vm.delete") == 2
     assert p.list_instances() == []
     assert fake_arm.leftovers() == {"vms": [], "nics": [], "disks": []}

@@ -144,3 +144,22 @@ def test_the_cli_command_with_a_bad_url_exits_2_without_a_traceback() -> None:
     assert result.exit_code == 2, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert "is not a valid URL" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("mysql://x/y", "daemon.database_url: unsupported database 'mysql'"),
+        ("not a url", "daemon.database_url: Could not parse SQLAlchemy URL"),
+        ("postgresql+psycopg://nobody@127.0.0.1:1/x", "cannot open the state database: connection failed"),
+    ],
+)
+def test_run_says_in_one_line_what_is_wrong_with_the_database(tmp_path: Path, url: str, expected: str) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f'daemon: {{database_url: "{url}"}}\n')
+    result = CliRunner().invoke(
+        main, ["run", "--policy", str(policy), "--state-dir", str(tmp_path), "--admin", "127.0.0.1:0"]
+    )
+    assert result.exit_code == 1
+    assert expected in result.output
+    assert "Traceback" not in result.output

@@ -31,6 +31,7 @@ TABLES = {
     "pool_controls",
     "prices",
     "policy_revisions",
+    "leader_lease",  # 0003: high availability on PostgreSQL
 }
 
 
@@ -61,7 +62,7 @@ def test_the_comparison_sees_drift(database_url: str) -> None:
 
 def test_head_revision_is_recorded_and_downgrade_to_base_empties_the_database(database_url: str) -> None:
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head == "0001"
+    assert head == "0003"
     with Store.open(database_url) as store:
         assert current_revision(store.engine) == head
         downgrade(store.engine, "base")
@@ -107,5 +108,6 @@ def test_every_migration_file_is_package_data() -> None:
     assert "store/migrations/env.py" in shipped
     assert "store/migrations/script.py.mako" in shipped
     assert "store/migrations/versions/0001_initial.py" in shipped
+    assert "store/migrations/versions/0003_leader_lease.py" in shipped
     missing = [f for f in shipped if not any(fnmatch.fnmatchcase(f, pattern) for pattern in patterns)]
     assert missing == []

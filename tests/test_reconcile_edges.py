@@ -52,14 +52,18 @@ def test_an_instance_missing_for_longer_is_lost_and_replaced_once(tmp_path: Path
     h.run(ticks=16)  # 80 s: past launch_retry_seconds (60 s)
     assert hidden not in {r.cloud_id for r in h.live_records()}
     assert len(h.ready_records()) == 3
-    # it comes back after all (the listing was wrong): it is adopted, not leaked, and the pool shrinks back later
+    # it comes back after all (the listing was wrong): the pool has its 3 and does not need it, so it is held
+    # (not adopted, not terminated) for untracked_grace_seconds (300 s), then terminated: never leaked
     h.cloud.list_instances = real  # type: ignore[method-assign]
     h.run(ticks=2)
-    assert hidden in {r.cloud_id for r in h.live_records()}
+    assert hidden in h.live_cloud_ids() and hidden not in {r.cloud_id for r in h.live_records()}
+    h.run(ticks=62)
+    assert hidden not in h.live_cloud_ids()
     assert {r.cloud_id for r in h.live_records()} == h.live_cloud_ids()
+    assert len(h.ready_records()) == 3
 
 
-def test_a_lost_adopted_instance_that_returns_is_adopted_again(tmp_path: Path) -> None:
+def test_a_lost_adopted_instance_that_returns_is_put_back_on_the_books(tmp_path: Path) -> None:
     h = Harness.start(WEB, tmp_path)
     h.run(ticks=4)
     h.restart(fresh_database=True)

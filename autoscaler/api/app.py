@@ -17,12 +17,22 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Query, Security
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 import autoscaler
-from autoscaler import config
+from autoscaler import config, discovery
 from autoscaler.api import schemas as s
 from autoscaler.api.control import DaemonControl
-from autoscaler.api.errors import BearerTokenGate, ControlCharacterGate, error, install_error_handlers
+from autoscaler.api.errors import (
+    MUTATING_METHODS,
+    BearerTokenGate,
+    ControlCharacterGate,
+    document_gates,
+    error,
+    install_error_handlers,
+)
+from autoscaler.api.status_page import install_status_page
+from autoscaler.leader import Leadership
 from autoscaler.lifecycle import InstanceState
 from autoscaler.model import PoolControl
 from autoscaler.store import DecisionRow
@@ -31,7 +41,7 @@ POOL_PATTERN = r"^[a-z0-9][a-z0-9-]{0,40}$"
 EXPLAIN_EVENTS = 20
 Responses = dict[int | str, dict[str, Any]]
 NOT_FOUND: Responses = {404: {"model": s.ErrorOut}}
-AUTH: Responses = {401: {"model": s.ErrorOut}, 403: {"model": s.ErrorOut}}
+AUTH: Responses = {401: {"model": s.ErrorOut}, 403: {"model": s.ErrorOut}, 409: {"model": s.ErrorOut}}
 REJECTED: Responses = {422: {"model": s.ReloadRejectedOut}}
 
 # Only documents the scheme in OpenAPI; BearerTokenGate enforces it before the body is even read.
@@ -46,6 +56,45 @@ def short(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+# ---- high availability (autoscaler.leader): a follower serves reads only
+
+
+def _leadership(control: DaemonControl) -> Leadership | None:
+    """The daemon's role, when it has one (a DaemonControl without leadership() is a single node)."""
+    get = getattr(control, "leadership", None)
+    return get() if callable(get) else None
+
+
+def _role(control: DaemonControl) -> dict[str, object]:
+    lead = _leadership(control)
+    if lead is None:
+        return {}
+    leader = lead.me if lead.role == "leader" else lead.leader
+    return {"role": lead.role, "leader": leader, "fencing_token": lead.token}
+
+
+class FollowerGate:
+    """A follower answers every mutating call 409, naming the leader: the operator's lever belongs to the daemon
+    that acts (a reload on a follower would change nothing that runs)."""
+
+    def __init__(self, app: ASGIApp, control: DaemonControl) -> None:
+        self.app = app
+        self.control = control
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in MUTATING_METHODS:
+            lead = _leadership(self.control)
+            if lead is not None and not lead.acts:
+                who = f"{lead.leader} (fencing token {lead.token})" if lead.leader else "unknown (no lease held)"
+                message = f"this daemon is a follower; the leader is {who}: send mutating calls to the leader"
+                await error(409, message)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+# ---- end of the high availability block
+
+
 def create_app(control: DaemonControl, token: str | None) -> FastAPI:
     app = FastAPI(
         title="gpu-autoscaler admin API",
@@ -53,9 +102,12 @@ def create_app(control: DaemonControl, token: str | None) -> FastAPI:
         description="Read what the daemon does and why; pause, override, reload the policy, unblock offerings.",
     )
     # The last added runs first: the token is checked before anything else about the request.
+    app.add_middleware(FollowerGate, control=control)  # innermost: after the token check
     app.add_middleware(ControlCharacterGate)
     app.add_middleware(BearerTokenGate, token=token)
     install_error_handlers(app)
+    document_gates(app)  # the OpenAPI document states the token and control-character gates on every route
+    install_status_page(app)
     # Pause/resume/override are read-modify-write on one row: serialise them within this process.
     controls_lock = threading.Lock()
 
@@ -122,12 +174,12 @@ def create_app(control: DaemonControl, token: str | None) -> FastAPI:
     @app.get("/healthz", response_model=s.Health, responses={503: {"model": s.Health}}, tags=["health"])
     def healthz() -> JSONResponse:
         ok, reason = control.health()
-        return JSONResponse({"ok": ok, "reason": reason}, status_code=200 if ok else 503)
+        return JSONResponse({"ok": ok, "reason": reason, **_role(control)}, status_code=200 if ok else 503)
 
     @app.get("/readyz", response_model=s.Health, responses={503: {"model": s.Health}}, tags=["health"])
     def readyz() -> JSONResponse:
         ok, reason = control.readiness()
-        return JSONResponse({"ok": ok, "reason": reason}, status_code=200 if ok else 503)
+        return JSONResponse({"ok": ok, "reason": reason, **_role(control)}, status_code=200 if ok else 503)
 
     @app.get("/metrics", response_class=Response, tags=["health"])
     def metrics() -> Response:
@@ -276,6 +328,28 @@ def create_app(control: DaemonControl, token: str | None) -> FastAPI:
             events=[s.CapacityEventOut.of(e) for e in control.store.capacity_events(limit=limit)],
         )
 
+    # ---- circuit breakers per provider (autoscaler.breaker)
+    @app.get("/v1/providers", tags=["capacity"])
+    def providers() -> list[s.BreakerOut]:
+        """Each cloud's circuit breaker: an open one takes the cloud's offerings out of placement."""
+        status = getattr(control, "breaker_status", None)
+        if not callable(status):
+            return []
+        return [
+            s.BreakerOut(
+                cloud=b.cloud,
+                state=b.state.value,
+                consecutive_failures=b.consecutive_failures,
+                window_failures=b.window_failures,
+                window_calls=b.window_calls,
+                opened_at=b.opened_at,
+                retry_at=b.retry_at,
+                times_opened=b.times_opened,
+                last_error=b.last_error,
+            )
+            for b in status()
+        ]
+
     @app.post(
         "/v1/capacity/unblock",
         response_model=s.UnblockOut,
@@ -303,6 +377,51 @@ def create_app(control: DaemonControl, token: str | None) -> FastAPI:
     def prices() -> list[s.PriceOut]:
         now = control.clock.now()
         return [s.PriceOut.of(p, now) for p in control.store.prices()]
+
+    # ------------------------------------------------------------ service discovery and the status page's chart
+
+    @app.get("/v1/endpoints", tags=["discovery"])
+    def list_endpoints(pool: PoolFilter = None) -> list[s.EndpointOut]:
+        """Every pool's ready instances (READY and with an address): what a load balancer may send work to. A
+        draining instance is not listed."""
+        by_pool = discovery.endpoints(control.policy().policy, control.store.instances(live_only=True, pool=pool))
+        return [s.EndpointOut.of(ep) for name, eps in by_pool.items() if pool in (None, name) for ep in eps]
+
+    @app.get(
+        "/v1/pools/{pool}/endpoints", response_model=list[s.EndpointOut], responses=NOT_FOUND, tags=["discovery"]
+    )
+    def pool_endpoints(pool: str) -> list[s.EndpointOut] | JSONResponse:
+        if pool_config(pool) is None:
+            return unknown_pool(pool)
+        return list_endpoints(pool)
+
+    @app.get("/v1/history", tags=["pools"])
+    def capacity_history(
+        pool: PoolFilter = None,
+        hours: Annotated[float, Query(ge=0.01, le=168, description="how far back, by the daemon's clock")] = 3.0,
+        max_points: Annotated[int, Query(ge=2, le=2000, description="per pool, at most")] = 360,
+    ) -> s.CapacityHistoryOut:
+        """Desired, ready, booting and draining capacity and spend per pool over time, from the decisions (for the
+        status page's chart). Thinned to the last decision of each of `max_points` equal time buckets."""
+        now = control.clock.now()
+        since = now - timedelta(hours=hours)
+        rows = control.store.decision_history(since=since, pool=pool)
+        bucket = hours * 3600.0 / max_points
+        thinned: dict[str, dict[int, DecisionRow]] = {}
+        for row in rows:  # oldest first: the last of a bucket wins
+            thinned.setdefault(row.decision.pool, {})[int((row.at - since).total_seconds() // bucket)] = row
+        names = [p.name for p in control.policy().policy.pools if pool in (None, p.name)]
+        return s.CapacityHistoryOut(
+            since=since,
+            now=now,
+            pools=[
+                s.PoolHistoryOut(
+                    pool=name,
+                    points=[s.HistoryPointOut.of(r) for _, r in sorted(thinned.get(name, {}).items())],
+                )
+                for name in names
+            ],
+        )
 
     # ------------------------------------------------------------ policy
 

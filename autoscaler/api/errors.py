@@ -108,6 +108,42 @@ class BearerTokenGate:
         return None
 
 
+# A path parameter may hold anything but a C0 control character or DEL (ControlCharacterGate refuses those).
+PATH_TEXT_PATTERN = "^[^\u0000-\u001f\u007f]*$"
+_ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+
+
+def document_gates(app: FastAPI) -> None:
+    """Make the OpenAPI document say what the gates do, on every operation present and future: a path parameter
+    excludes control characters, any request may get 400 for one, and every mutating call may get 401."""
+    build = app.openapi
+    done = False
+
+    def openapi() -> dict[str, Any]:
+        nonlocal done
+        doc = build()
+        if not done:
+            done = True
+            for ops in doc.get("paths", {}).values():
+                for method, op in ops.items():
+                    if not isinstance(op, dict) or "responses" not in op:
+                        continue
+                    for param in op.get("parameters", []):
+                        if param.get("in") == "path" and isinstance(param.get("schema"), dict):
+                            param["schema"].setdefault("pattern", PATH_TEXT_PATTERN)
+                    responses = op["responses"]
+                    responses.setdefault("400", _error_response("a control character in the path or query"))
+                    if method.upper() in MUTATING_METHODS:
+                        responses.setdefault("401", _error_response("missing or wrong bearer token"))
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 class ControlCharacterGate:
     """Refuses (400) a request whose decoded path or query string holds a control character.
 

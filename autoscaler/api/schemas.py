@@ -12,11 +12,12 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from autoscaler.config import MetricSourceConfig
+from autoscaler.discovery import Endpoint
 from autoscaler.lifecycle import InstanceState
 from autoscaler.metrics import SourceReading, read_problem
 from autoscaler.model import Block, Demand, InstanceRecord, Market, OfferingKey, PoolControl, PoolDecision, Sample
@@ -58,8 +59,17 @@ def _strings(value: object) -> list[str]:
 # ------------------------------------------------------------------ requests
 
 
+def _document_no_control_characters(schema: dict[str, Any]) -> None:
+    """The OpenAPI document says what _no_control_characters enforces: free-text fields exclude C0 and DEL."""
+    for prop in schema.get("properties", {}).values():
+        if isinstance(prop, dict) and prop.get("type") == "string" and "enum" not in prop:
+            prop.setdefault("pattern", "^[^\u0000-\u001f\u007f]*$")
+
+
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid", allow_inf_nan=False, json_schema_extra=_document_no_control_characters
+    )
 
     @field_validator("*", mode="after")
     @classmethod
@@ -95,6 +105,11 @@ class ErrorOut(BaseModel):
 class Health(BaseModel):
     ok: bool
     reason: str
+    # High availability (autoscaler.leader): "leader" or "follower" on PostgreSQL, "single" on SQLite; the
+    # lease holder and its fencing token as this daemon last saw them.
+    role: Literal["leader", "follower", "single"] | None = None
+    leader: str | None = None
+    fencing_token: int | None = None
 
 
 class OfferingOut(BaseModel):
@@ -467,3 +482,88 @@ class ReloadRejectedOut(BaseModel):
 
 class UnblockOut(BaseModel):
     unblocked: int
+
+
+# ------------------------------------------------------------------ service discovery and the status page's chart
+
+
+class EndpointOut(BaseModel):
+    """A ready instance a load balancer may send work to (see autoscaler.discovery)."""
+
+    pool: str
+    address: str = Field(description="as the instance's provider lists it")
+    port: int = Field(description="the pool's discovery.port")
+    metrics_port: int = Field(description="the pool's discovery.metrics_port (the GPU exporter)")
+    cloud: str
+    region: str
+    zone: str
+    market: str
+    instance_type: str
+    capacity_units: float
+    token: str
+    cloud_id: str | None
+
+    @classmethod
+    def of(cls, ep: Endpoint) -> EndpointOut:
+        return cls(
+            pool=ep.pool,
+            address=ep.address,
+            port=ep.port,
+            metrics_port=ep.metrics_port,
+            **{k: v for k, v in ep.offering.as_labels().items() if k != "instance_type"},
+            instance_type=ep.offering.instance_type,
+            capacity_units=ep.capacity_units,
+            token=ep.token,
+            cloud_id=ep.cloud_id,
+        )
+
+
+class HistoryPointOut(BaseModel):
+    at: datetime
+    desired: float
+    ready: float
+    booting: float
+    draining: float
+    spend_usd_per_hour: float
+
+    @classmethod
+    def of(cls, row: DecisionRow) -> HistoryPointOut:
+        d = row.decision
+        return cls(
+            at=row.at,
+            desired=d.desired,
+            ready=d.ready,
+            booting=d.booting,
+            draining=d.draining,
+            spend_usd_per_hour=d.spend_usd_per_hour,
+        )
+
+
+class PoolHistoryOut(BaseModel):
+    pool: str
+    points: list[HistoryPointOut] = Field(description="oldest first; the last decision of each time bucket")
+
+
+class CapacityHistoryOut(BaseModel):
+    since: datetime
+    now: datetime
+    pools: list[PoolHistoryOut] = Field(description="the pools of the policy in force, in policy order")
+
+
+# ---- circuit breakers per provider (autoscaler.breaker) ----
+class BreakerOut(BaseModel):
+    cloud: str
+    state: Literal["closed", "open", "half-open"] = Field(
+        description="open: the cloud's offerings count as unavailable and no calls are made; half-open: one "
+        "probe call decides"
+    )
+    consecutive_failures: int
+    window_failures: int = Field(description="failed calls among the last window_calls calls")
+    window_calls: int
+    opened_at: datetime | None
+    retry_at: datetime | None = Field(description="when an open breaker lets its probe call through")
+    times_opened: int
+    last_error: str
+
+
+# ---- end of the circuit breaker block ----

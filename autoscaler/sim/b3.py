@@ -3,9 +3,13 @@
 The scenario is turned into the optimum's inputs here; the solving is :mod:`autoscaler.sim.optimum`'s.
 
 * **Demand** in capacity units per tick: the tick's arrivals / (``queue.requests_per_unit_per_second`` x
-  ``tick_seconds``), the capacity that serves each tick's arrivals within the tick, with no backlog. The
-  optimum has perfect foresight of it (and of the capacity below); it does not honour the pool's
-  ``min_capacity``, the budget cap or the queue's slack (serving late within the timeout).
+  ``tick_seconds``) (the capacity that would serve them within the tick). The optimum has perfect foresight
+  of it (and of the capacity below); it does not honour the pool's ``min_capacity`` or the budget cap.
+* **Waiting within the SLO**: requests queue FIFO and may wait up to ``W`` ticks (:func:`max_wait_ticks`: the
+  longest wait the queue model still counts within the latency SLO, and never past the timeout), so the
+  backlog is carried between ticks and the cumulative work served by tick ``t`` must reach the cumulative
+  arrivals up to ``t - W``; nothing is dropped (work the capacity available cannot serve in time is reported
+  as ``unmet_unit_ticks``). A schedule B3 finds serves every request within the SLO in the queue model.
 * **Offerings**: the pool's candidates on the simulated cloud, in every zone, at the world's prices (the
   scenario's ``prices`` over the policy's), units = the candidate's ``throughput``; boot ticks = the
   scenario's boot delay for the offering (``fixed``, else the distribution's mean; the policy's
@@ -43,6 +47,18 @@ from autoscaler.sim.world import World
 
 MAX_TICKS = 2000  # longer runs are aggregated to at most this many blocks
 TIME_LIMIT_SECONDS = 60.0
+# HiGHS stops once its best schedule is within this of its dual bound (reported as lower_bound_usd). With a
+# backlog the last 0.1% of the gap costs HiGHS ~4x the time of the first 99.5% (the one-hour example: ~2 s to
+# 0.5%, ~4-12 s to 0.1% on a loaded 2-core machine).
+MIP_REL_GAP = 5e-3
+# Aggregated runs up to this many ticks also solve the fine problem's LP relaxation (boot delays and the
+# backlog kept, instances fractional): a lower bound far tighter than the fluid one (no boot delay) on bursty
+# demand; ~3 s for 2,880 ticks and 4 offerings.
+LP_BOUND_MAX_TICKS = 6000
+# Aggregated runs with a backlog and at most this many ticks per block solve the carry model (the backlog crosses
+# block boundaries: aggregate.py); coarser blocks take the flush model (no backlog crosses a block boundary),
+# whose rows do not grow with the block.
+CARRY_MAX_FACTOR = 12
 UNLIMITED = 10**9  # availability where no capacity rule applies
 
 
@@ -51,18 +67,24 @@ class B3:
     result: OptimumResult
     fluid_lower_bound_usd: float
     aggregated_factor: int  # 1: solved on the scenario's own ticks
+    max_wait_ticks: int = 0  # how many ticks a request may wait within the SLO
+    lp_lower_bound_usd: float | None = None  # aggregated runs: the fine problem's LP relaxation (if solved)
 
     def summary(self) -> dict[str, Any]:
         r = self.result
         lower = self.fluid_lower_bound_usd if self.aggregated_factor > 1 else r.lower_bound_usd
+        if self.aggregated_factor > 1 and self.lp_lower_bound_usd is not None:
+            lower = max(lower, self.lp_lower_bound_usd)
         return {
             "cost_usd": r.cost_usd,
             "lower_bound_usd": lower,
             "fluid_lower_bound_usd": self.fluid_lower_bound_usd,
+            "lp_lower_bound_usd": self.lp_lower_bound_usd,
             "status": r.status,
             "aggregated_factor": self.aggregated_factor,
             "cost_is_upper_bound": self.aggregated_factor > 1 or r.status != "optimal",
             "unmet_unit_ticks": r.unmet_unit_ticks,
+            "max_wait_ticks": self.max_wait_ticks,
             "solve_seconds": r.solve_seconds,
         }
 
@@ -72,6 +94,26 @@ def demand_units(loaded: LoadedScenario, arrivals: IntArray, tick_seconds: float
     rate = loaded.scenario.queue.requests_per_unit_per_second
     out: FloatArray = np.asarray(arrivals, dtype=np.float64) / (rate * tick_seconds)
     return out
+
+
+def max_wait_ticks(loaded: LoadedScenario, tick_seconds: float) -> int:
+    """Ticks a request may wait and still count within the SLO in the queue model (autoscaler.sim.queue).
+
+    A request arriving in tick ``a`` and served in tick ``s`` has latency ``(s - a) x tick + service_seconds``;
+    it is within the SLO when that is at most the SLO, and is dropped when ``(s - a) x tick`` would exceed the
+    timeout. 0 when the SLO is shorter than the service time (no request can meet it; B3 then serves every
+    tick's arrivals within the tick).
+    """
+    q = loaded.scenario.queue
+    slo = q.latency_slo_seconds
+    if slo is None:
+        pool = loaded.scenario.pool or loaded.policy.policy.pools[0].name
+        found = loaded.policy.policy.pool(pool)
+        slo = found.targets.latency_slo_seconds if found is not None else None
+    if slo is None:
+        return 0
+    wait = min(slo - q.service_seconds, q.timeout_seconds)
+    return max(0, math.floor(wait / tick_seconds + 1e-9))
 
 
 def boot_seconds(world: World, key: OfferingKey) -> float:
@@ -114,6 +156,25 @@ def offerings(loaded: LoadedScenario, arrivals: IntArray, tick_seconds: float, t
     ]
 
 
+def merge_unlimited(offers: list[OfferingSeries]) -> list[OfferingSeries]:
+    """Keep one of each group of offerings that differ only in name and are never capacity-bound (price, units
+    and boot delay equal, availability unlimited at every tick): e.g. on-demand in several zones.
+
+    Exact: with no availability bound an instance of one is an instance of another (same cost, same units), so
+    the optimum is unchanged, and the MILP loses a symmetry that costs HiGHS most of its time.
+    """
+    seen: set[tuple[float, float, int]] = set()
+    out: list[OfferingSeries] = []
+    for o in offers:
+        if min(o.available, default=UNLIMITED) >= UNLIMITED:
+            key = (o.usd_per_hour, o.units, o.boot_ticks)
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append(o)
+    return out
+
+
 def solve_b3(
     loaded: LoadedScenario,
     arrivals: IntArray,
@@ -125,18 +186,43 @@ def solve_b3(
     """B3 on the scenario's demand and capacity (aggregated when longer than ``max_ticks`` ticks)."""
     ticks = len(arrivals)
     demand = demand_units(loaded, arrivals, tick_seconds)
-    offers = offerings(loaded, arrivals, tick_seconds, ticks)
-    fluid = fluid_lower_bound(demand, offers, tick_seconds)
+    offers = merge_unlimited(offerings(loaded, arrivals, tick_seconds, ticks))
+    wait = max_wait_ticks(loaded, tick_seconds)
+    fluid = fluid_lower_bound(demand, offers, tick_seconds, max_wait_ticks=wait)
     factor = max(1, math.ceil(ticks / max_ticks))
     if factor == 1:
-        result = offline_optimum(demand, offers, tick_seconds, time_limit_seconds=time_limit_seconds)
-    else:
-        agg = aggregate(demand, offers, factor)
-        coarse = offline_optimum(
-            agg.demand_units, agg.offerings, agg.tick_seconds(tick_seconds), time_limit_seconds=time_limit_seconds
+        result = offline_optimum(
+            demand,
+            offers,
+            tick_seconds,
+            time_limit_seconds=time_limit_seconds,
+            max_wait_ticks=wait,
+            mip_rel_gap=MIP_REL_GAP,
         )
-        result = disaggregate(coarse, demand, offers, tick_seconds, factor)
-    return B3(result, fluid, factor)
+    else:
+        agg = aggregate(demand, offers, factor, wait)
+        carry = agg.blocks is not None and agg.inner_rates is not None and factor <= CARRY_MAX_FACTOR
+        coarse = offline_optimum(
+            agg.inner_rates if carry and agg.inner_rates is not None else agg.demand_units,
+            agg.offerings,
+            agg.tick_seconds(tick_seconds),
+            time_limit_seconds=time_limit_seconds,
+            mip_rel_gap=MIP_REL_GAP,
+            blocks=agg.blocks if carry else None,
+        )
+        result = disaggregate(coarse, demand, offers, tick_seconds, factor, wait)
+        if ticks <= LP_BOUND_MAX_TICKS:
+            lp = offline_optimum(
+                demand,
+                offers,
+                tick_seconds,
+                integral=False,
+                max_wait_ticks=wait,
+                time_limit_seconds=time_limit_seconds,
+            )
+            if lp.status == "optimal" and lp.unmet_unit_ticks == 0 and math.isfinite(lp.cost_usd):
+                return B3(result, fluid, factor, wait, lp.cost_usd)
+    return B3(result, fluid, factor, wait)
 
 
 def cost_vs_b3(cost_usd: float, b3: B3) -> float | None:

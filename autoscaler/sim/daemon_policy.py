@@ -12,8 +12,9 @@ replaced by a reading of the queue model of the same kind; `autoscaler.sources.c
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from autoscaler import capacity
 from autoscaler.actuate import _failure_of
@@ -34,6 +35,7 @@ from autoscaler.model import (
     LaunchRequest,
     LaunchTemplate,
     Plan,
+    Preemption,
     Sample,
     ScalingState,
     Snapshot,
@@ -45,13 +47,15 @@ from autoscaler.sim.policy import TickOutcome
 from autoscaler.sim.queue import QueueModel
 from autoscaler.sim.world import World
 from autoscaler.sources import combine
+from policies.boot import BootHistory
 
 S = InstanceState
 _BlockKey = tuple[str, str, str, str, str, str]
 
 
 class QueueSource:
-    """A MetricSource that reads the queue model (no I/O): queue depth, or the latency a new request can expect."""
+    """A MetricSource that reads the queue model (no I/O): queue depth, the latency a new request can expect, or
+    the arrival rate of the last tick."""
 
     def __init__(self, name: str, kind: str, model: QueueModel) -> None:
         self.name = name
@@ -60,7 +64,12 @@ class QueueSource:
         self.model = model
 
     def read(self, now: datetime) -> Sample:
-        value = self.model.queue_depth if self.kind == "queue" else self.model.latency_estimate()
+        if self.kind == "queue":
+            value = self.model.queue_depth
+        elif self.kind == "arrivals":
+            value = self.model.arrival_rate
+        else:
+            value = self.model.latency_estimate()
         return Sample(self.name, self.kind, value, now)
 
 
@@ -85,6 +94,10 @@ class DaemonPolicy:
         self.missing_since: dict[str, datetime] = {}
         self.counters = Counters()
         self._failed_scopes: set[_BlockKey] = set()
+        # What gather learns from the store: boot-to-ready times per offering, recent spot preemptions.
+        self.boots = BootHistory()
+        self.preemptions: deque[Preemption] = deque()
+        self._preemption_memory = timedelta(seconds=self.pool.scaling.spare_memory_seconds)
 
     # ------------------------------------------------------------ one tick
 
@@ -94,6 +107,9 @@ class DaemonPolicy:
         demand = combine(self.pool, [s.read(now) for s in self.sources], now)
         self._failed_scopes = set()
         name = f"{policy.daemon.id}/sim/{index}"  # unique per tick, so launch tokens never repeat
+        self.boots.observe(self.records.values())
+        while self.preemptions and self.preemptions[0].at < now - self._preemption_memory:
+            self.preemptions.popleft()
         snapshot = Snapshot(
             now=now,
             records=tuple(self.records.values()),
@@ -105,6 +121,8 @@ class DaemonPolicy:
             controls={},
             missing_since=self.missing_since,
             tick=f"{name}/r0",
+            boot_times=self.boots.stats(),
+            preemptions=tuple(self.preemptions),
         )
         plan = reconcile(snapshot, policy)
         refused = self._apply(plan, now)
@@ -140,6 +158,8 @@ class DaemonPolicy:
     def _apply(self, plan: Plan, now: datetime) -> int:
         for event in plan.capacity_events:
             self._record_failure(event, now)
+            if event.kind == FailureKind.PREEMPTION:
+                self.preemptions.append(Preemption(event.offering, now))
         for intent in plan.intents:
             if isinstance(intent, Transition):
                 self._move(intent.token, intent.to, intent.reason, now, intent.cloud_id)
@@ -168,6 +188,7 @@ class DaemonPolicy:
             self.records[token] = moved
         else:
             del self.records[token]  # ended: the store would keep it as history, the simulation needs it not
+            self.boots.forget((token,))
         return True
 
     def _record_failure(self, event: CapacityEvent, now: datetime) -> None:

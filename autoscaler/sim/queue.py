@@ -43,11 +43,17 @@ class QueueModel:
         self._tick = 0
         self._depth = 0.0
         self._last_units = 0.0
+        self._last_arrivals = 0.0
 
     @property
     def queue_depth(self) -> float:
         """Requests waiting now (after the last step)."""
         return self._depth
+
+    @property
+    def arrival_rate(self) -> float:
+        """Requests per second that arrived during the last step (what a request-rate metric reports)."""
+        return self._last_arrivals / self.tick_seconds
 
     def latency_estimate(self) -> float:
         """What a request arriving now should expect: the backlog ahead of it at the last tick's service rate,
@@ -85,5 +91,6 @@ class QueueModel:
             dropped += cohorts.popleft()[1]
         self._depth = sum(c[1] for c in cohorts)
         self._last_units = max(ready_units, 0.0)
+        self._last_arrivals = max(arrivals, 0.0)
         self._tick += 1
         return TickResult(float(arrivals), served, within, dropped, self._depth, latency_sum)

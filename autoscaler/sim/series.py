@@ -83,3 +83,46 @@ def _window_sum(x: FloatArray, b: int, n_ticks: int) -> FloatArray:
     c = np.concatenate(([0.0], np.cumsum(padded)))
     t = np.arange(n_ticks)
     return c[t + 1] - c[np.maximum(t + 1 - b, 0)]
+
+
+def _as_wait(max_wait_ticks: int) -> int:
+    if max_wait_ticks < 0:
+        raise ValueError("max_wait_ticks must be non-negative")
+    return int(max_wait_ticks)
+
+
+def late_work(
+    demand_units: Sequence[float] | FloatArray, capacity_units: FloatArray, max_wait_ticks: int
+) -> float:
+    """Unit-ticks of work a FIFO queue served by ``capacity_units`` per tick fails to serve within
+    ``max_wait_ticks`` ticks of its arrival (the work of tick ``a`` must be served at a tick ``s <= a + W``).
+
+    Greedy FIFO service (serve the oldest work first, as much as the tick's capacity allows) maximises the
+    cumulative work served by every tick, so it misses the fewest deadlines of any service order: this is the
+    unmet demand of a capacity schedule under the queue model. Work whose deadline lies beyond the horizon and
+    that is still waiting at its end is not late (the horizon cuts it off). With ``max_wait_ticks = 0`` this is
+    ``sum_t max(demand_t - capacity_t, 0)``.
+    """
+    demand = _as_demand(demand_units)
+    wait = _as_wait(max_wait_ticks)
+    cap = np.asarray(capacity_units, dtype=np.float64)
+    if wait == 0:
+        return float(np.sum(np.maximum(demand - cap, 0.0)))
+    late = 0.0
+    cohorts: list[list[float]] = []  # [arrival tick, work left], oldest first
+    head = 0
+    for t in range(demand.size):
+        if demand[t] > 0:
+            cohorts.append([float(t), float(demand[t])])
+        c = float(cap[t])
+        while c > 1e-12 and head < len(cohorts):
+            cohort = cohorts[head]
+            n = min(cohort[1], c)
+            cohort[1] -= n
+            c -= n
+            if cohort[1] <= 1e-12:
+                head += 1
+        while head < len(cohorts) and cohorts[head][0] + wait <= t:  # its last chance was this tick
+            late += cohorts[head][1]
+            head += 1
+    return late

@@ -63,6 +63,7 @@ def instance_row(record: InstanceRecord) -> InstanceTable:
         state_since=record.state_since,
         cloud_id=record.cloud_id,
         reason=record.reason,
+        address=record.address,
     )
 
 
@@ -79,6 +80,7 @@ def instance_record(row: InstanceTable) -> InstanceRecord:
         state_since=row.state_since,
         cloud_id=row.cloud_id,
         reason=row.reason,
+        address=row.address,
     )
 
 
@@ -192,6 +194,13 @@ def scaling_state_json(state: ScalingState) -> dict[str, Any]:
         "recommendations": [{"at": _iso(r.at), "capacity": r.capacity} for r in state.recommendations],
         "panic_until": _iso(state.panic_until),
         "last_desired": state.last_desired,
+        # rate-based scaling's memory (policies.rate): the pool's demand history, its headroom, its season
+        "rates": [[_iso(r.at), r.capacity] for r in state.rates],
+        "headroom": state.headroom,
+        "headroom_at": _iso(state.headroom_at),
+        # every entry of the season, the open bucket's last (stored as before it was kept apart in memory)
+        "seasonal": [list(e) for e in state.seasonal]
+        + ([] if state.season_open is None else [list(state.season_open)]),
     }
 
 
@@ -201,10 +210,17 @@ def scaling_state(doc: dict[str, Any]) -> ScalingState:
         for item in doc.get("recommendations", [])
     ]
     last = doc.get("last_desired")
+    # the newest entry of the season is its open bucket (policies.rate keeps that one apart)
+    seasonal = tuple((int(p), int(b), float(t), int(n)) for p, b, t, n in doc.get("seasonal", []))
     return ScalingState(
         recommendations=tuple(recommendations),
         panic_until=_from_iso(doc.get("panic_until")),
         last_desired=None if last is None else float(last),
+        rates=tuple(Recommendation(_instant(at), float(rate)) for at, rate in doc.get("rates", [])),
+        headroom=None if doc.get("headroom") is None else float(doc["headroom"]),
+        headroom_at=_from_iso(doc.get("headroom_at")),
+        seasonal=seasonal[:-1],
+        season_open=seasonal[-1] if seasonal else None,
     )
 
 

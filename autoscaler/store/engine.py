@@ -31,7 +31,26 @@ def create_store_engine(url: str | URL) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed)
     # pre_ping: a PostgreSQL failover or restart otherwise surfaces as one failed tick per pooled connection.
-    return create_engine(parsed, pool_pre_ping=True)
+    # Timeouts and TCP keepalives: a leader whose network path to the database silently drops packets must not hang
+    # in a call for the kernel's minutes-long defaults (the lease, and with it the belief that it leads, runs out
+    # meanwhile; see autoscaler.leader). idle_in_transaction_session_timeout: a daemon paused (SIGSTOP, a VM
+    # freeze) inside a transaction would otherwise hold its row locks, the lease row's included, for as long as it
+    # is paused, and no follower could take over; the server ends such a session instead (every transaction of
+    # the store is a few statements with no cloud call inside). Settings given in the URL's query win.
+    connect_args = {k: v for k, v in POSTGRES_CONNECT_ARGS.items() if k not in parsed.query}
+    return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+
+
+IDLE_IN_TRANSACTION_MS = 5_000
+POSTGRES_CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # ms: data sent and never acknowledged (a silent partition) fails the call
+    "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
+}
 
 
 def writer(engine: Engine) -> Engine:

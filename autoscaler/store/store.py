@@ -31,8 +31,9 @@ from autoscaler.model import (
     ScalingState,
     Scope,
 )
-from autoscaler.store import convert
+from autoscaler.store import convert, lease
 from autoscaler.store.engine import create_store_engine, normalise_url, writer
+from autoscaler.store.lease import Fence, LeaseState
 from autoscaler.store.migrate import upgrade
 from autoscaler.store.rows import (
     CREATED_EDGE,
@@ -101,10 +102,15 @@ class Store:
 
     # ---- instances ----
 
-    def add_instance(self, record: InstanceRecord, reason: str, at: datetime) -> None:
-        """Insert a new record and its first history row; a token that exists already raises IntegrityError."""
+    def add_instance(
+        self, record: InstanceRecord, reason: str, at: datetime, *, fence: Fence | None = None
+    ) -> None:
+        """Insert a new record and its first history row; a token that exists already raises IntegrityError.
+        With a `fence`, only while it holds the leader lease (else StaleLeader, and nothing is written)."""
         at = as_utc(at)
         with self._writing() as session:
+            if fence is not None:
+                lease.check(session, fence)
             session.add(convert.instance_row(record))
             session.flush()  # the history row's foreign key needs the instance row first
             session.add(
@@ -114,16 +120,26 @@ class Store:
             )
 
     def transition(
-        self, token: str, to: InstanceState, reason: str, at: datetime, cloud_id: str | None = None
+        self,
+        token: str,
+        to: InstanceState,
+        reason: str,
+        at: datetime,
+        cloud_id: str | None = None,
+        *,
+        fence: Fence | None = None,
     ) -> InstanceRecord:
         """Move a record along one lifecycle edge and append it to the history, atomically.
 
         Raises KeyError for an unknown token and lifecycle.IllegalTransition for a move not in the table; either
         way nothing is written. The row is locked (FOR UPDATE; BEGIN IMMEDIATE on SQLite) from the read of the
         current state to the commit, so of several concurrent callers asking for the same edge exactly one wins.
+        With a `fence`, only while it holds the leader lease (else StaleLeader, and nothing is written).
         """
         at = as_utc(at)
         with self._writing() as session:
+            if fence is not None:
+                lease.check(session, fence)
             row = session.scalars(
                 select(InstanceTable).where(InstanceTable.token == token).with_for_update()
             ).one_or_none()
@@ -156,6 +172,29 @@ class Store:
             query = query.where(InstanceTable.pool == pool)
         with self._reading() as session:
             return [convert.instance_record(row) for row in session.scalars(query)]
+
+    def set_addresses(self, addresses: Mapping[str, str | None]) -> int:
+        """Record the address each token's instance has now (as its provider lists it); unknown tokens are
+        ignored. Not a lifecycle move, so no history row. Returns the number of records changed."""
+        if not addresses:
+            return 0
+        changed = 0
+        with self._writing() as session:
+            rows = session.scalars(select(InstanceTable).where(InstanceTable.token.in_(sorted(addresses))))
+            for row in rows:
+                if row.address != addresses[row.token]:
+                    row.address = addresses[row.token]
+                    changed += 1
+        return changed
+
+    def decision_history(self, *, since: datetime, pool: str | None = None) -> list[DecisionRow]:
+        """Decisions at or after `since`, oldest first (the status page's chart)."""
+        t = DecisionTable
+        query = select(t).where(t.at >= as_utc(since)).order_by(t.at, t.pool, t.id)
+        if pool is not None:
+            query = query.where(t.pool == pool)
+        with self._reading() as session:
+            return [convert.decision(row) for row in session.scalars(query)]
 
     def history(self, token: str) -> list[HistoryEntry]:
         """The record's moves in the order they were applied (oldest first); [] for an unknown token."""
@@ -317,6 +356,40 @@ class Store:
         query = select(t).order_by(t.at.desc(), t.id.desc()).limit(limit)
         with self._reading() as session:
             return [convert.policy_revision(row) for row in session.scalars(query)]
+
+    # ---- leader lease (high availability on PostgreSQL; see autoscaler.store.lease) ----
+
+    @property
+    def supports_leases(self) -> bool:
+        """Only PostgreSQL is shared by several daemons; SQLite is single-node (autoscaler.leader.SingleNodeLock)."""
+        return self.engine.dialect.name == "postgresql"
+
+    def acquire_lease(self, holder: str, seconds: float) -> LeaseState | None:
+        """Take or renew the leader lease for `seconds` of database time; the state says who holds it after."""
+        self._need_leases()
+        with self._writing() as session:
+            return lease.acquire(session, holder, seconds)
+
+    def lease(self) -> LeaseState | None:
+        """The leader lease as it is now (None: never taken)."""
+        self._need_leases()
+        with self._reading() as session:
+            return lease.read(session)
+
+    def check_fence(self, fence: Fence) -> None:
+        """Raise StaleLeader unless `fence` still holds the lease (the last check before a cloud call that has
+        no intent row of its own to write)."""
+        with self._writing() as session:
+            lease.check(session, fence)
+
+    def release_lease(self, fence: Fence) -> bool:
+        self._need_leases()
+        with self._writing() as session:
+            return lease.release(session, fence)
+
+    def _need_leases(self) -> None:
+        if not self.supports_leases:
+            raise NotImplementedError(f"leader leases need PostgreSQL, not {self.engine.dialect.name}")
 
     # ---- retention ----
 

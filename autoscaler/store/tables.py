@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Double, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Double, ForeignKey, Index, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from autoscaler.store.types import UTCDateTime
@@ -26,6 +26,7 @@ NAMING_CONVENTION = {
 
 NAME = 100  # cloud, region, zone, instance type, pool, token: short identifiers
 ENUM = 32  # InstanceState, Market, Scope, FailureKind, Edge values
+ADDRESS = 255  # an IPv4 or IPv6 address, or a host name where a provider gives one instead
 
 
 class Base(DeclarativeBase):
@@ -50,6 +51,7 @@ class InstanceTable(Base):
     state_since: Mapped[datetime] = mapped_column(UTCDateTime)
     cloud_id: Mapped[str | None] = mapped_column(String(255))
     reason: Mapped[str] = mapped_column(Text)
+    address: Mapped[str | None] = mapped_column(String(ADDRESS))  # migration 0002
 
 
 class InstanceHistoryTable(Base):
@@ -160,3 +162,17 @@ class PolicyRevisionTable(Base):
     text: Mapped[str] = mapped_column(Text)
     accepted: Mapped[bool] = mapped_column(Boolean)
     error: Mapped[str] = mapped_column(Text)
+
+
+class LeaderLeaseTable(Base):
+    """High availability on PostgreSQL (see autoscaler.store.lease): one row per lease, `token` is the fencing
+    token, bumped whenever a new holding begins. Times are the database's own clock."""
+
+    __tablename__ = "leader_lease"
+
+    name: Mapped[str] = mapped_column(String(NAME), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    token: Mapped[int] = mapped_column(BigInteger)
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    renewed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
