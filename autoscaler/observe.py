@@ -97,7 +97,7 @@ def candidate_for(pool: Pool, key: OfferingKey) -> tuple[int, float] | None:
 
 def observe(snapshot: Snapshot, policy: Policy, retry_after: timedelta) -> Observation:
     obs = Observation(fleet={r.token: r for r in snapshot.records if r.live})
-    offerings: Mapping[OfferingKey, Offering] = {o.key: o for o in snapshot.offerings}
+    offerings: Mapping[OfferingKey, Offering] | None = None  # built when an untracked instance needs a price
     for cloud, listed in snapshot.cloud_instances.items():
         by_id = {i.cloud_id: i for i in listed}
         by_token = {i.tags.get(TAG_INTENT): i for i in listed}
@@ -117,6 +117,8 @@ def observe(snapshot: Snapshot, policy: Policy, retry_after: timedelta) -> Obser
             _follow(obs, rec, inst, snapshot, policy)
         for inst in listed:
             if inst.cloud_id not in matched:
+                if offerings is None:
+                    offerings = {o.key: o for o in snapshot.offerings}
                 _untracked(obs, inst, policy, offerings, snapshot)
     # A cloud that could not be listed this tick proves nothing either way: its records (and the untracked
     # instances seen on it) keep their marks.

@@ -183,7 +183,21 @@ class DaemonPolicy:
         rec = self.records.get(token)
         if rec is None or not can_transition(rec.state, to):
             return False
-        moved = replace(rec, state=to, state_since=now, reason=reason, cloud_id=cloud_id or rec.cloud_id)
+        # The constructor with every field: the same record as dataclasses.replace gives, at less than half its cost.
+        moved = InstanceRecord(
+            rec.token,
+            rec.pool,
+            rec.offering,
+            to,
+            rec.capacity_units,
+            rec.gpus,
+            rec.price_usd_per_hour,
+            rec.created_at,
+            now,
+            cloud_id or rec.cloud_id,
+            reason,
+            rec.address,
+        )
         if to.live:
             self.records[token] = moved
         else:

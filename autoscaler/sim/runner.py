@@ -96,35 +96,47 @@ def run_policy(
 ) -> PolicyRun:
     world = World(loaded, arrivals, tick, ticks)
     policy = POLICIES[name](world)
-    cols = {c: np.zeros(ticks) for c in COLUMNS}
-    inst = {m: np.zeros(ticks) for m in MARKETS}
+    # Each tick's values go to plain lists (appends, not numpy item writes) and become float64 arrays at the end:
+    # the same values (each converted to float64 once, as an item write would).
+    rows: dict[str, list[float]] = {c: [] for c in COLUMNS if c not in ("arrivals", "demand_units")}
+    preemptions, desired, ready = rows["preemptions"], rows["desired_units"], rows["ready_units"]
+    spend_col, depth, latency = rows["spend_usd_per_hour"], rows["queue_depth"], rows["latency_estimate_s"]
+    served_col, dropped = rows["served"], rows["dropped"]
+    by_market: dict[str, list[float]] = {m: [] for m in MARKETS}
+    market_rows = tuple(by_market.items())
+    arrival_list = arrivals[:ticks].tolist()
     rate = loaded.scenario.queue.requests_per_unit_per_second
     served_within = latency_sum = 0.0
     every = loaded.scenario.progress_every
+    queue = world.queue
     started = time.perf_counter()
     for i in range(ticks):
-        cols["preemptions"][i] = world.apply_capacity(i)
+        preemptions.append(world.apply_capacity(i))
         outcome = policy.tick(i)
         spend, counts = world.billed()
-        result = world.queue.step(float(arrivals[i]), outcome.ready_units)
+        result = queue.step(float(arrival_list[i]), outcome.ready_units)
         served_within += result.served_within_slo
         latency_sum += result.latency_sum
-        cols["arrivals"][i] = arrivals[i]
-        cols["desired_units"][i] = outcome.desired
-        cols["ready_units"][i] = outcome.ready_units
-        cols["spend_usd_per_hour"][i] = spend
-        cols["queue_depth"][i] = result.queue_depth
-        cols["latency_estimate_s"][i] = world.queue.latency_estimate()
-        cols["served"][i] = result.served
-        cols["dropped"][i] = result.dropped
-        for market in MARKETS:
-            inst[market][i] = counts.get(market, 0)
+        desired.append(outcome.desired)
+        ready.append(outcome.ready_units)
+        spend_col.append(spend)
+        depth.append(result.queue_depth)
+        latency.append(queue.latency_estimate())
+        served_col.append(result.served)
+        dropped.append(result.dropped)
+        for market, values in market_rows:
+            values.append(counts.get(market, 0))
         world.advance()
         if on_progress is not None and (i + 1) % every == 0:
             on_progress(every)
     if on_progress is not None and ticks % every:
         on_progress(ticks % every)
     wall = time.perf_counter() - started
+    cols = {c: np.zeros(ticks) for c in COLUMNS}
+    cols["arrivals"][:] = arrivals[:ticks]
+    for c, values in rows.items():
+        cols[c][:] = values
+    inst = {m: np.array(values, dtype=float) for m, values in by_market.items()}
     cols["demand_units"] = cols["arrivals"] / (rate * tick)
     run = PolicyRun(name, tick, cols, inst, wall_seconds=wall)
     run.summary = summarise(run, world, policy, served_within, latency_sum)

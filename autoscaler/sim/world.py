@@ -35,16 +35,31 @@ class TraceCloud(SimulatedProvider):
     happen in a simulation (tick names, hence tokens, never repeat). Without it every listing of a month-long
     run would walk every instance the run ever launched."""
 
+    _next_forget: datetime | None = None  # no instance can be old enough to forget before this
+
     def _forget_old(self, now: datetime) -> None:
+        # An instance not ended at a scan ends at or after it (a terminate, preemption or launch comes later, and
+        # a pending end is in the future), so nothing can be forgotten before the earliest of the scan + horizon
+        # and the ended instances' end + horizon: the scan is skipped until then.
+        if self._next_forget is not None and now < self._next_forget:
+            return
         horizon = timedelta(seconds=VANISH_SECONDS) + FORGET_AFTER_VANISH
         old = []
+        next_forget = now + horizon
         for inst in self._instances.values():
             ended = self._observe(inst, now).ended_at
-            if ended is not None and now >= ended + horizon:
-                old.append(inst)
+            if ended is not None:
+                if now >= ended + horizon:
+                    old.append(inst)
+                else:
+                    next_forget = min(next_forget, ended + horizon)
         for inst in old:
             del self._instances[inst.cloud_id]
             self._tokens.pop(inst.token, None)
+        self._next_forget = next_forget
+
+
+_NEVER = float("inf")
 
 
 @dataclass(frozen=True)
@@ -217,9 +232,11 @@ class World:
             self._raw_moving = any(i.state not in BILLED for i in self._raw)
             self._calls_seen = calls
             self._booting_until = -1.0  # force the derivation below
-        if self._booting_until != 0.0:  # -1: the raw listing changed; > 0: an instance was still booting
+        # Derived again when the raw listing changed (-1) or when a booting instance's ready time has come (the
+        # derivation of an unchanged raw listing changes only then).
+        if self._booting_until == -1.0 or now_s >= self._next_ready:
             out = []
-            last = 0.0
+            next_ready = _NEVER
             for inst in self._raw:
                 ready_at = self._ready_at.get(inst.cloud_id)
                 if ready_at is None:
@@ -227,17 +244,19 @@ class World:
                     ready_at = self._ready_at[inst.cloud_id] = launched + self._boot_seconds(inst.offering)
                 if inst.state == CloudState.RUNNING and now_s < ready_at:
                     inst = replace(inst, state=CloudState.PENDING)
-                    last = max(last, ready_at)
+                    next_ready = min(next_ready, ready_at)
                 out.append(inst)
             self._listing = tuple(out)
-            self._booting_until = last
+            self._booting_until = 0.0
+            self._next_ready = next_ready
         self._listed_at = now_s
         return self._listing
 
     _listed_at = -1.0
     _raw: tuple[CloudInstance, ...] = ()
     _raw_moving = True
-    _booting_until = -1.0
+    _booting_until = -1.0  # -1: the raw listing changed since the last derivation
+    _next_ready = _NEVER  # the earliest ready time of an instance shown as pending in the derived listing
 
     def billed(self) -> tuple[float, Counter[str]]:
         """(spend rate in $/h, instances by cloud/market) of what the cloud holds now, booting included."""
