@@ -7,7 +7,6 @@ moto upgrade that changes them fails here first.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -67,22 +66,18 @@ class TestServer:
             ] == [zone]
             assert client.describe_images(ImageIds=[fake.ami(region)])["Images"][0]["ImageId"] == TEST_AMI_ID
 
-    def test_start_and_stop_are_fast(self, _server: FakeEC2) -> None:
-        started = time.monotonic()
-        with FakeEC2() as other:  # moto is already imported, so this is the server's own cost
+    def test_a_second_server_starts_on_its_own_port_and_stops(self, _server: FakeEC2) -> None:
+        with FakeEC2() as other:
             assert other.endpoint_url != _server.endpoint_url
-            other.client().describe_availability_zones()
-        assert time.monotonic() - started < 1.0
+            assert other.client().describe_availability_zones()["AvailabilityZones"]
 
-    def test_reset_clears_everything_quickly(self, fake: FakeEC2) -> None:
+    def test_reset_clears_everything(self, fake: FakeEC2) -> None:
         first = launch(fake, ClientToken="tok")
         fake.inject("InternalError", action="DescribeInstances", times=None)
         fake.exhaust("g5.xlarge", "us-east-1b")
         fake.set_spot_price("g5.xlarge", "us-east-1a", 9.0)
         fake.lose_next_answer()
-        started = time.monotonic()
         fake.reset()
-        assert time.monotonic() - started < 0.2
         assert fake.calls == {} and fake.log == []
         assert instances(fake) == []  # also proves the DescribeInstances fault is gone
         again = launch(fake, ClientToken="tok")  # the token is forgotten and no answer is lost
