@@ -36,7 +36,7 @@ from autoscaler.store import Store
 from policies.boot import BootHistory
 
 log = logging.getLogger(__name__)
-PREEMPTIONS_READ = 500  # the newest capacity events read per tick for the preemption history
+PREEMPTIONS_READ = 500  # at most this many of the newest preemptions are read per tick
 
 
 @dataclass
@@ -126,12 +126,8 @@ class Gatherer:
         """Spot preemptions capacity memory recorded within the longest `spare_memory_seconds`, oldest first."""
         memory = max((p.scaling.spare_memory_seconds for p in policy.pools), default=0.0)
         since = now - timedelta(seconds=memory)
-        events = self.store.capacity_events(limit=PREEMPTIONS_READ)
-        return tuple(
-            Preemption(e.offering, e.at)
-            for e in reversed(events)
-            if e.kind == FailureKind.PREEMPTION and e.at >= since
-        )
+        events = self.store.capacity_events(limit=PREEMPTIONS_READ, kind=FailureKind.PREEMPTION, since=since)
+        return tuple(Preemption(e.offering, e.at) for e in reversed(events))
 
     def _stale(self, name: str, now: datetime) -> bool:
         cached = self._offerings.get(name)

@@ -350,6 +350,10 @@ def test_capacity_events_are_listed_newest_first(store: Store) -> None:
         CapacityEventRow(KEY_A, Scope.ZONE, FailureKind.CAPACITY, T0, failure().message, "llm"),
     ]
     assert store.capacity_events(limit=2) == events[:2]
+    assert store.capacity_events(kind=FailureKind.QUOTA) == [events[1]]
+    assert store.capacity_events(since=T0 + timedelta(seconds=30)) == events[:2]
+    assert store.capacity_events(kind=FailureKind.CAPACITY, since=T0 + timedelta(seconds=30)) == [events[0]]
+    assert store.capacity_events(kind=FailureKind.PREEMPTION) == []
 
 
 def test_capacity_memory_and_instances_survive_a_restart(database_url: str) -> None:

@@ -22,6 +22,7 @@ from autoscaler.lifecycle import FINAL_STATES, InstanceState
 from autoscaler.model import (
     Block,
     CapacityEvent,
+    FailureKind,
     InstanceRecord,
     Market,
     Offering,
@@ -254,10 +255,16 @@ class Store:
             query = query.where(t.zone == zone)
         return self._delete(query)
 
-    def capacity_events(self, *, limit: int = 100) -> list[CapacityEventRow]:
-        """Newest first."""
+    def capacity_events(
+        self, *, limit: int = 100, kind: FailureKind | None = None, since: datetime | None = None
+    ) -> list[CapacityEventRow]:
+        """Newest first; only those of `kind` and at or after `since` when given."""
         t = CapacityEventTable
         query = select(t).order_by(t.at.desc(), t.id.desc()).limit(limit)
+        if kind is not None:
+            query = query.where(t.kind == kind.value)
+        if since is not None:
+            query = query.where(t.at >= as_utc(since))
         with self._reading() as session:
             return [convert.capacity_event(row) for row in session.scalars(query)]
 
